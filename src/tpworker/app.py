@@ -1,0 +1,103 @@
+"""Start-up of `python handler.py`: build the worker once, then run jobs in the chosen mode.
+
+Modes, decided before the engine starts (so a mistake costs no load time):
+- `--test_input '<job json>'`, or no flags off RunPod with a test_input.json: run that one job
+  through the real handler, print each chunk as it arrives, exit 0 (success) or 1 (error).
+  (runpod 1.10's own local test never runs a generator handler.)
+- `--rp_serve_api`: the RunPod SDK's local API server.
+- on RunPod (RUNPOD_WEBHOOK_GET_JOB set): RunPod's production job loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tpworker.errors import StartRefused
+from tpworker.settings import SettingsError, load_settings
+
+log = logging.getLogger("tpworker")
+
+_worker = None
+
+
+def current_worker():
+    if _worker is None:
+        raise RuntimeError("The worker is not started: run handler.py as a script.")
+    return _worker
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _local_job(argv: list[str], handler_dir: Path, on_runpod: bool) -> dict | None:
+    """The job of a local test run, or None when RunPod's SDK should take over."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--test_input")
+    parser.add_argument("--rp_serve_api", action="store_true")
+    args, _ = parser.parse_known_args(argv)
+    if args.test_input is not None:
+        text, origin = args.test_input, "--test_input"
+    elif args.rp_serve_api or on_runpod:
+        return None
+    else:
+        found = [p for p in (Path.cwd() / "test_input.json", handler_dir / "test_input.json") if p.is_file()]
+        if not found:
+            raise SettingsError(
+                ["Nothing to run: pass --test_input '<job json>', or put a test_input.json beside handler.py. "
+                 "(On RunPod the job loop starts by itself; --rp_serve_api starts the SDK's local API.)"]
+            )
+        text, origin = found[0].read_text(), str(found[0])
+    try:
+        job = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SettingsError([f"{origin} is not valid JSON: {e}"]) from None
+    if isinstance(job, dict):
+        job.setdefault("id", "local-test")
+    return job
+
+
+def main(handler: Callable, handler_file: str) -> int:
+    """Entry point of handler.py. Returns the process exit status."""
+    global _worker
+    configure_logging()
+    try:
+        settings = load_settings()
+        local_job = _local_job(sys.argv[1:], Path(handler_file).resolve().parent, settings.on_runpod)
+        from tpworker import startup
+
+        plan = startup.plan_start(settings)
+        log.info("Settings: %s", settings.shown())
+        from tpworker.engine import Engine
+        from tpworker.worker import Worker
+
+        engine = Engine.start(plan.engine_args, plan.environment)
+    except StartRefused as e:
+        for line in str(e).splitlines():
+            log.error("Cannot start: %s", line)
+        return 2
+    _worker = Worker(engine, settings.worker)
+    try:
+        if local_job is not None:
+            from tpworker.local_run import run_local_job
+
+            return asyncio.run(run_local_job(handler, local_job))
+        import runpod
+
+        runpod.serverless.start(
+            {
+                "handler": handler,
+                "concurrency_modifier": _worker.concurrency,
+                "return_aggregate_stream": True,
+            }
+        )
+        return 0
+    finally:
+        engine.shutdown()
+

@@ -1,0 +1,70 @@
+"""The vLLM engine of this worker process: one AsyncLLM, started once, shared by every job."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from vllm import AsyncEngineArgs, SamplingParams
+
+from tpworker import vllm_bridge
+from tpworker.errors import StartRefused
+
+log = logging.getLogger(__name__)
+
+
+class EngineStartError(StartRefused):
+    """vLLM refused the configuration or could not load the model."""
+
+
+class Engine:
+    def __init__(self, llm, max_model_len: int):
+        self._llm = llm
+        self.max_model_len = max_model_len
+
+    @classmethod
+    def start(cls, engine_args: Mapping[str, Any], environment: Mapping[str, str] | None = None) -> Engine:
+        """Start vLLM: validate the configuration, spawn the engine core and its ranks, load the
+        weights. `environment` holds variables vLLM's processes must see (set before they spawn).
+        Call from the main process, behind an `if __name__ == "__main__"` guard."""
+        for name, value in (environment or {}).items():
+            os.environ[name] = value
+        args = AsyncEngineArgs(**engine_args)
+        began = time.perf_counter()
+        try:
+            config = vllm_bridge.create_engine_config(args)
+        except Exception as e:  # vLLM raises ValueError, pydantic errors, OSError, ...
+            raise EngineStartError(f"vLLM refused the engine configuration: {' '.join(str(e).split())}") from e
+        try:
+            llm = vllm_bridge.start_async_llm(config, args)
+        except Exception as e:
+            raise EngineStartError(
+                f"vLLM could not start the engine ({' '.join(str(e).split())}); "
+                f"the cause is in vLLM's log lines above."
+            ) from e
+        log.info("vLLM engine ready in %.1f s", time.perf_counter() - began)
+        return cls(llm, config.model_config.max_model_len)
+
+    async def render_chat(self, messages: list[dict], chat_template: str | None) -> dict:
+        return await vllm_bridge.render_chat(self._llm, messages, chat_template, self.max_model_len)
+
+    async def render_text(self, prompt: str) -> dict:
+        return await vllm_bridge.render_text(self._llm, prompt, self.max_model_len)
+
+    def generate(self, engine_input: dict, params: SamplingParams, request_id: str) -> AsyncIterator:
+        """RequestOutputs as the engine produces them. Closing or cancelling the iteration aborts
+        the request in the engine."""
+        return self._llm.generate(engine_input, params, request_id)
+
+    async def abort(self, request_id: str) -> None:
+        await self._llm.abort(request_id)
+
+    @property
+    def dead(self) -> bool:
+        return self._llm.errored
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()

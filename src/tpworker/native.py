@@ -1,0 +1,127 @@
+"""Native jobs: prompt or messages -> engine -> chunks in worker-vllm's output format.
+
+Each chunk: {"choices": [{"tokens": [str, ...], "finish_reason": str | None}, ...],
+             "usage": {"input": prompt tokens, "output": tokens generated so far, all choices}}
+Streaming: chunks of growing size (BatchPolicy). A choice's finish_reason is set from the chunk
+holding its last token on. Not streaming: one chunk, the whole text of each choice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from vllm.sampling_params import RequestOutputKind
+
+from tpworker import vllm_bridge
+from tpworker.engine import Engine
+from tpworker.jobs import BatchPolicy, JobError, NativeRequest
+
+
+class StreamBatcher:
+    """Collects text pieces per choice and says when a chunk is full.
+
+    RunPod posts every yielded chunk over HTTP before the handler resumes, so small chunks cost
+    latency per token; chunks start at `min_size` tokens (fast first token) and grow by
+    `growth_factor` per chunk up to `max_size`."""
+
+    def __init__(self, n: int, policy: BatchPolicy):
+        self.policy = policy
+        self.size = policy.min_size
+        self.tokens: list[list[str]] = [[] for _ in range(n)]
+        self.finish_reasons: list[str | None] = [None] * n
+        self.pending = 0  # tokens collected since the last chunk
+
+    def add(self, index: int, text: str, token_count: int, finish_reason: str | None) -> None:
+        if text:  # an end-of-sequence token counts, but has no text to show
+            self.tokens[index].append(text)
+        self.pending += token_count
+        if finish_reason is not None:
+            self.finish_reasons[index] = finish_reason
+
+    @property
+    def full(self) -> bool:
+        return self.pending >= self.size
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.tokens)
+
+    def take(self, usage: dict) -> dict:
+        chunk = {
+            "choices": [
+                {"tokens": tokens, "finish_reason": reason}
+                for tokens, reason in zip(self.tokens, self.finish_reasons)
+            ],
+            "usage": usage,
+        }
+        self.tokens = [[] for _ in self.tokens]
+        self.pending = 0
+        self.size = min(max(int(self.size * self.policy.growth_factor), self.size), self.policy.max_size)
+        return chunk
+
+
+async def _engine_input(engine: Engine, request: NativeRequest, chat_template: str | None) -> dict:
+    field = "messages" if request.messages is not None else "prompt"
+    try:
+        if request.messages is not None:
+            return await engine.render_chat(request.messages, chat_template)
+        return await engine.render_text(request.prompt)
+    except Exception as e:
+        if vllm_bridge.is_validation_error(e) or isinstance(e, (ValueError, TypeError, KeyError)):
+            raise JobError(f"{field}: {' '.join(str(e).split())}", param=field) from None
+        raise
+
+
+def _fit_max_tokens(request: NativeRequest, prompt_tokens: int, context: int, default: int) -> None:
+    """Refuse a max_tokens that cannot fit after the prompt; give a default one that does."""
+    room = context - prompt_tokens
+    field = "messages" if request.messages is not None else "prompt"
+    if room < 1:
+        raise JobError(
+            f"{field}: the prompt is {prompt_tokens} tokens, which leaves no room in the model's "
+            f"context of {context} tokens. Shorten it.",
+            param=field,
+        )
+    params = request.sampling_params
+    if params.max_tokens is None:
+        params.max_tokens = min(default, room)
+    elif params.max_tokens > room:
+        raise JobError(
+            f"sampling_params.max_tokens: {params.max_tokens} tokens after the prompt's {prompt_tokens} "
+            f"exceed the model's context of {context} tokens. Ask for at most {room}.",
+            param="sampling_params.max_tokens",
+        )
+
+
+async def generate(
+    engine: Engine, request: NativeRequest, *, chat_template: str | None, default_max_tokens: int, job_id: str
+) -> AsyncIterator[dict]:
+    engine_input = await _engine_input(engine, request, chat_template)
+    prompt_tokens = len(vllm_bridge.prompt_token_ids(engine_input))
+    _fit_max_tokens(request, prompt_tokens, engine.max_model_len, default_max_tokens)
+    params = request.sampling_params
+    params.output_kind = RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY
+    batcher = StreamBatcher(params.n, request.batching)
+    generated = 0
+    request_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
+    try:
+        # aclosing: when the job is cancelled or closed mid-stream, the engine request is aborted
+        # right away, not when the generator happens to be garbage-collected.
+        async with aclosing(engine.generate(engine_input, params, request_id)) as outputs:
+            async for output in outputs:
+                for choice in output.outputs:
+                    generated += len(choice.token_ids)
+                    batcher.add(choice.index, choice.text, len(choice.token_ids), choice.finish_reason)
+                if request.stream and batcher.full and not output.finished:
+                    yield batcher.take({"input": prompt_tokens, "output": generated})
+    except Exception as e:
+        if vllm_bridge.is_validation_error(e):
+            name = getattr(e, "parameter", None)
+            param = f"sampling_params.{name}" if name else None
+            raise JobError(" ".join(str(e).split(" (parameter=")[0].split()), param=param) from None
+        raise
+    if not request.stream:
+        batcher.tokens = [["".join(pieces)] for pieces in batcher.tokens]
+    yield batcher.take({"input": prompt_tokens, "output": generated})

@@ -1,0 +1,253 @@
+"""Environment -> one validated Settings object. The only module that reads the environment.
+
+Two kinds of variables:
+- the worker's own (WorkerSettings): the model, the parallel layout and the job-loop knobs, read
+  without importing vLLM, so that a bad plan is refused within seconds of start;
+- every other vLLM engine argument, named as its AsyncEngineArgs field in UPPER_SNAKE_CASE
+  (MAX_MODEL_LEN, GPU_MEMORY_UTILIZATION, ENFORCE_EAGER, ...), converted exactly as `vllm serve`
+  converts the same text on its command line (`Settings.engine_args()`, which imports vLLM).
+A bad value raises SettingsError: one line per variable, naming it, its value, what is accepted.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tpworker.errors import StartRefused
+
+# Variables whose values never reach a log line or an error.
+SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
+
+# Engine arguments that WorkerSettings reads (under these names and the aliases below).
+WORKER_OWNED_ENGINE_ARGS = (
+    "model",
+    "revision",
+    "tokenizer",
+    "tokenizer_revision",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+)
+# worker-vllm's names for engine arguments; each is an alternative to the vLLM name.
+ALIASES = {
+    "MODEL_NAME": "model",
+    "MODEL_REVISION": "revision",
+    "TOKENIZER_NAME": "tokenizer",
+    "TOKENIZER_REVISION": "tokenizer_revision",
+}
+
+
+class WorkerSettings(BaseModel):
+    """Read from the variable named as the field in upper case (and the aliases above)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = Field(
+        None,
+        description="Hugging Face id or local folder of the model (alias MODEL_NAME). Unset on a "
+        "machine with no GPU: the embedded SmolLM2-135M-Instruct.",
+    )
+    revision: str | None = Field(None, description="Model revision: branch, tag or commit (alias MODEL_REVISION).")
+    tokenizer: str | None = Field(None, description="Tokenizer id or folder, if not the model's (alias TOKENIZER_NAME).")
+    tokenizer_revision: str | None = Field(None, description="Tokenizer revision (alias TOKENIZER_REVISION).")
+    tensor_parallel_size: int | Literal["auto"] = Field(
+        "auto",
+        description="GPUs the model is split across, or auto: every visible GPU when that is a valid "
+        "size for the model, else the largest valid size below it; 1 with no GPU.",
+    )
+    pipeline_parallel_size: int = Field(1, ge=1, description="Pipeline stages (multi-node).")
+    max_concurrency: int = Field(30, ge=1, description="Jobs one worker runs at the same time.")
+    default_batch_size: int = Field(
+        50, ge=1, description="Most tokens in one streamed chunk (per job: `max_batch_size`)."
+    )
+    min_batch_size: int = Field(
+        1, ge=1, description="Tokens in the first streamed chunk (per job: `min_batch_size`)."
+    )
+    batch_size_growth_factor: float = Field(
+        3, ge=1, description="Each streamed chunk may hold this many times more tokens than the last."
+    )
+    default_max_tokens: int = Field(
+        1024, ge=1, description="`max_tokens` of a native job that does not set it (cut to fit the context)."
+    )
+    max_n: int = Field(16, ge=1, description="Largest `n` (choices per job) accepted.")
+    custom_chat_template: str | None = Field(
+        None, description="A Jinja chat template used instead of the model's own."
+    )
+    openai_served_model_name_override: str | None = Field(
+        None, description="The model name clients use (default: the model's name)."
+    )
+
+    @property
+    def tensor_parallel_auto(self) -> bool:
+        return self.tensor_parallel_size == "auto"
+
+
+def variable_name(field_name: str) -> str:
+    return field_name.upper()
+
+
+def variables_for(field_name: str) -> list[str]:
+    """Every variable that sets a field: its own name first, then aliases."""
+    return [variable_name(field_name)] + [a for a, f in ALIASES.items() if f == field_name]
+
+
+def is_secret(variable: str) -> bool:
+    return any(marker in variable.upper() for marker in SECRET_MARKERS)
+
+
+def masked(variable: str, value: str) -> str:
+    return "***" if is_secret(variable) and value else value
+
+
+class SettingsError(StartRefused):
+    """Bad configuration: one line per offending variable, saying what to set instead."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _problem(variable: str, value: str, reason: str, accepted: str) -> str:
+    return f"{variable}={masked(variable, value)!r} is not valid: {reason}. Accepted: {accepted}."
+
+
+def _accepted(name: str) -> str:
+    """What a WorkerSettings field accepts, in words."""
+    if name == "tensor_parallel_size":
+        return "an integer >= 1, or auto (the worker chooses)"
+    info = WorkerSettings.model_fields[name]
+    kind = {int: "an integer", float: "a number"}.get(info.annotation, "text")
+    bounds = [f">= {m.ge}" for m in info.metadata if getattr(m, "ge", None) is not None]
+    return " ".join([kind, *bounds])
+
+
+def _read_worker_settings(environ: Mapping[str, str], problems: list[str]) -> tuple[WorkerSettings, dict]:
+    values: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    for name in WorkerSettings.model_fields:
+        for variable in variables_for(name):
+            text = environ.get(variable, "")
+            if text == "":
+                continue
+            if name in values and values[name] != text:
+                problems.append(
+                    f"{sources[name]}={values[name]!r} and {variable}={text!r} are both set and differ. "
+                    f"Set only one of them."
+                )
+                continue
+            values[name], sources[name] = text, variable
+    if values.get("tensor_parallel_size", "").strip().lower() == "auto":
+        values["tensor_parallel_size"] = "auto"
+    try:
+        settings = WorkerSettings.model_validate(values)
+        if isinstance(settings.tensor_parallel_size, int) and settings.tensor_parallel_size < 1:
+            problems.append(
+                _problem(sources["tensor_parallel_size"], values["tensor_parallel_size"],
+                         "it must be at least 1", _accepted("tensor_parallel_size"))
+            )
+        return settings, sources
+    except ValidationError as e:
+        for name in sorted({str(err["loc"][0]) for err in e.errors()}):
+            reason = next(err["msg"] for err in e.errors() if err["loc"][0] == name)
+            if name == "tensor_parallel_size":
+                reason = "it is neither a whole number nor auto"
+            problems.append(_problem(sources[name], values[name], reason, _accepted(name)))
+        return WorkerSettings(), sources  # not used: the problems stop the start
+
+
+def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    if environ.get("TPWORKER_CACHE_DIR"):
+        return Path(environ["TPWORKER_CACHE_DIR"])
+    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tpworker"
+
+
+def models_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    return cache_dir(environ) / "models"
+
+
+@dataclass(frozen=True)
+class Settings:
+    worker: WorkerSettings
+    cuda_visible_devices: str | None
+    cpu_threads_bind: str | None  # VLLM_CPU_OMP_THREADS_BIND as the user set it
+    cpu_kv_cache_set: bool  # VLLM_CPU_KVCACHE_SPACE is set (vLLM reads it itself)
+    on_runpod: bool  # RunPod's job loop is reachable (RUNPOD_WEBHOOK_GET_JOB set)
+    cache_dir: Path
+    # Which variable set each WorkerSettings field (for messages that name it).
+    sources: dict[str, str] = field(default_factory=dict)
+    # The variables that name engine arguments, as read at start (engine_args() converts them).
+    _engine_environ: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def source_of(self, field_name: str) -> str:
+        return self.sources.get(field_name, variable_name(field_name))
+
+    @functools.cached_property
+    def _engine(self) -> tuple[dict[str, Any], dict[str, str]]:
+        from tpworker import vllm_bridge
+
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for name in vllm_bridge.engine_arg_names():
+            variable = variable_name(name)
+            text = self._engine_environ.get(variable, "")
+            if text == "":
+                continue
+            try:
+                values[name] = vllm_bridge.parse_engine_arg(name, text)
+                sources[name] = variable
+            except vllm_bridge.EngineArgValueError as e:
+                problems.append(_problem(variable, text, e.reason, e.accepted))
+        if problems:
+            raise SettingsError(problems)
+        return values, sources
+
+    def engine_args(self) -> dict[str, Any]:
+        """vLLM engine arguments set through the environment: field name -> converted value.
+        Imports vLLM (seconds). Raises SettingsError naming each bad variable."""
+        return dict(self._engine[0])
+
+    def engine_variable(self, engine_arg: str) -> str | None:
+        """The variable that set an engine argument, or None if the environment did not."""
+        if engine_arg in WorkerSettings.model_fields:
+            return self.sources.get(engine_arg)
+        return self._engine[1].get(engine_arg)
+
+    def shown(self) -> dict[str, str]:
+        """Every variable the worker used, secrets masked: for the start log."""
+        read = {src: str(getattr(self.worker, name)) for name, src in self.sources.items()}
+        read.update({v: self._engine_environ[v] for v in self._engine[1].values()})
+        return {k: masked(k, v) for k, v in sorted(read.items())}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the worker's variables (no vLLM import). Engine arguments are read now
+    and converted by `Settings.engine_args()`. Raises SettingsError listing every problem."""
+    environ = os.environ if environ is None else environ
+    problems: list[str] = []
+    worker, sources = _read_worker_settings(environ, problems)
+    if problems:
+        raise SettingsError(problems)
+    worker_variables = {v for name in WorkerSettings.model_fields for v in variables_for(name)}
+    # Which of these name engine arguments is known only once vLLM is imported (engine_args()).
+    engine_environ = {
+        k: v for k, v in environ.items() if k.isupper() and k not in worker_variables and v != ""
+    }
+    return Settings(
+        worker=worker,
+        cuda_visible_devices=environ.get("CUDA_VISIBLE_DEVICES"),
+        cpu_threads_bind=environ.get("VLLM_CPU_OMP_THREADS_BIND") or None,
+        cpu_kv_cache_set=bool(environ.get("VLLM_CPU_KVCACHE_SPACE")),
+        on_runpod=bool(environ.get("RUNPOD_WEBHOOK_GET_JOB")),
+        cache_dir=cache_dir(environ),
+        sources=sources,
+        _engine_environ=engine_environ,
+    )

@@ -1,0 +1,162 @@
+"""Settings + machine -> what the engine is started with, checked before anything loads.
+
+Order matters for cold starts: everything that can refuse a bad configuration (the model's
+config, the tensor-parallel plan) runs before vLLM is imported, so a mistake costs seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from tpworker import default_model, hardware
+from tpworker.errors import StartRefused
+from tpworker.parallel import ModelShape, ParallelPlan, plan_parallelism, read_model_config
+from tpworker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class StartError(StartRefused):
+    """The worker cannot start; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    path_or_id: str
+    served_name: str
+    why: str
+
+
+@dataclass
+class StartPlan:
+    model: ModelChoice
+    parallel: ParallelPlan
+    gpus: list[hardware.Gpu]
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    # Variables vLLM's processes must see, set just before they spawn.
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def choose_model(settings: Settings, gpus: list[hardware.Gpu]) -> ModelChoice:
+    model = settings.worker.model
+    if model:
+        served = settings.worker.openai_served_model_name_override or model
+        return ModelChoice(model, served, f"{settings.source_of('model')} is set")
+    if gpus:
+        raise StartError(
+            "MODEL_NAME is not set. Set it to a Hugging Face model id (e.g. meta-llama/Meta-Llama-3-70B-Instruct) "
+            "or to a folder holding the model."
+        )
+    try:
+        _, padded = default_model.ensure_built(settings.cache_dir / "models")
+    except Exception as e:
+        raise StartError(f"MODEL_NAME is not set and the embedded default model could not be built: {e}") from e
+    served = settings.worker.openai_served_model_name_override or default_model.SERVED_NAME
+    return ModelChoice(
+        str(padded),
+        served,
+        f"MODEL_NAME is not set and no GPU is visible: serving the embedded default model "
+        f"{default_model.SERVED_NAME} (zero-padded to 12 heads / 4 KV heads for TP 1, 2, 4) from {padded}",
+    )
+
+
+def model_shape(settings: Settings, model: ModelChoice) -> ModelShape:
+    try:
+        config = read_model_config(model.path_or_id, settings.worker.revision)
+        return ModelShape.from_config(config)
+    except Exception as e:
+        raise StartError(
+            f"Cannot read the model's config.json ({settings.source_of('model')}={model.path_or_id!r}): "
+            f"{' '.join(str(e).split())}"
+        ) from e
+
+
+def plan_start(settings: Settings) -> StartPlan:
+    """Everything decided before the engine loads; raises StartError / PlanError / SettingsError."""
+    gpus = hardware.visible_gpus(settings.cuda_visible_devices)
+    model = choose_model(settings, gpus)
+    log.info("Model: %s", model.why)
+    shape = model_shape(settings, model)
+    requested = settings.worker.tensor_parallel_size
+    parallel = plan_parallelism(
+        shape,
+        len(gpus),
+        None if requested == "auto" else requested,
+        settings.worker.pipeline_parallel_size,
+        tp_variable=settings.source_of("tensor_parallel_size"),
+    )
+    log.info(
+        "Parallelism: TP=%d x PP=%d, because %s.",
+        parallel.tensor_parallel_size,
+        parallel.pipeline_parallel_size,
+        parallel.reason,
+    )
+    if parallel.warning:
+        log.warning(parallel.warning)
+    plan = StartPlan(model, parallel, gpus)
+    plan.engine_args = engine_args(settings, plan)
+    if not gpus:
+        plan.environment = cpu_environment(settings, parallel)
+    return plan
+
+
+def engine_args(settings: Settings, plan: StartPlan) -> dict[str, Any]:
+    """The engine's arguments: the environment's, plus the model and the layout decided here."""
+    args = settings.engine_args()  # imports vLLM; raises SettingsError for bad values
+    worker = settings.worker
+    args.update(
+        model=plan.model.path_or_id,
+        tensor_parallel_size=plan.parallel.tensor_parallel_size,
+        pipeline_parallel_size=plan.parallel.pipeline_parallel_size,
+    )
+    for name in ("revision", "tokenizer", "tokenizer_revision"):
+        if getattr(worker, name):
+            args[name] = getattr(worker, name)
+    if "served_model_name" not in args:
+        args["served_model_name"] = [plan.model.served_name]
+    if not plan.gpus:
+        args.update(cpu_defaults(settings, args))
+    return args
+
+
+CPU_KV_CACHE_BYTES = 2 * 1024**3
+
+
+def cpu_defaults(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:
+    """Engine arguments that suit vLLM's CPU build, where the user has not chosen."""
+    defaults: dict[str, Any] = {}
+    if "enforce_eager" not in args:
+        # vLLM's compiled mode gave wrong answers on CPU (see NOTES.md) and starts ~4x slower.
+        defaults["enforce_eager"] = True
+        log.info("No GPU: running vLLM in eager mode (set ENFORCE_EAGER=false to compile).")
+    memory_chosen = settings.cpu_kv_cache_set or {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(args)
+    if not memory_chosen:
+        # On CPU, vLLM otherwise reserves GPU_MEMORY_UTILIZATION (92%) of the machine's memory.
+        defaults["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+        log.info(
+            "No GPU: KV cache of %d GiB per rank (set VLLM_CPU_KVCACHE_SPACE=<GiB> to change).",
+            CPU_KV_CACHE_BYTES // 1024**3,
+        )
+    return defaults
+
+
+def cpu_environment(settings: Settings, parallel: ParallelPlan) -> dict[str, str]:
+    """On CPU each rank is a process; give each its own cores unless the user chose a binding."""
+    ranks = parallel.tensor_parallel_size * parallel.pipeline_parallel_size
+    if settings.cpu_threads_bind:
+        log.info("CPU threads: VLLM_CPU_OMP_THREADS_BIND=%s (set by you).", settings.cpu_threads_bind)
+        return {}
+    cpus = hardware.usable_cpus()
+    binding = hardware.cpu_threads_binding(ranks, cpus)
+    if binding is None:
+        return {}
+    if binding == "nobind":
+        log.warning(
+            "%d CPU ranks share %d cores: threads are not bound and generation will be slow. "
+            "Use at most %d ranks on this machine.", ranks, len(cpus), len(cpus)
+        )
+    else:
+        log.info("CPU threads: %d ranks on %d cores, VLLM_CPU_OMP_THREADS_BIND=%s", ranks, len(cpus), binding)
+    return {"VLLM_CPU_OMP_THREADS_BIND": binding}
