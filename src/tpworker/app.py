@@ -63,6 +63,18 @@ def _local_job(argv: list[str], handler_dir: Path, on_runpod: bool) -> dict | No
     return job
 
 
+def _refusal(job: dict, settings) -> dict | None:
+    """The error output the handler would give this job before generating, if any."""
+    from tpworker.jobs import JobError, parse_job
+    from tpworker.worker import batch_policy
+
+    try:
+        parse_job(job, default_batching=batch_policy(settings.worker), max_n=settings.worker.max_n)
+    except JobError as e:
+        return e.to_output()
+    return None
+
+
 def main(handler: Callable, handler_file: str) -> int:
     """Entry point of handler.py. Returns the process exit status."""
     global _worker
@@ -72,7 +84,12 @@ def main(handler: Callable, handler_file: str) -> int:
         local_job = _local_job(sys.argv[1:], Path(handler_file).resolve().parent, settings.on_runpod)
         from tpworker import startup
 
-        plan = startup.plan_start(settings)
+        plan = startup.plan_start(settings)  # no vLLM import yet: a bad plan costs seconds
+        if local_job is not None and (refusal := _refusal(local_job, settings)):
+            # A malformed local job fails before the engine starts, with the handler's error.
+            print(f"--- job: {json.dumps(local_job)}\n--- job failed: {json.dumps(refusal['error'])}", flush=True)
+            return 1
+        startup.add_engine_args(settings, plan)
         log.info("Settings: %s", settings.shown())
         from tpworker.engine import Engine
         from tpworker.worker import Worker

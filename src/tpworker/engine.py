@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from vllm import AsyncEngineArgs, SamplingParams
@@ -20,18 +21,33 @@ class EngineStartError(StartRefused):
     """vLLM refused the configuration or could not load the model."""
 
 
+@contextmanager
+def _environment(variables: Mapping[str, str]):
+    """Set variables for the engine's processes while they spawn, then restore ours."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class Engine:
-    def __init__(self, llm, max_model_len: int):
+    def __init__(self, llm, max_model_len: int, tensor_parallel_size: int, pipeline_parallel_size: int):
         self._llm = llm
         self.max_model_len = max_model_len
+        self.tensor_parallel_size = tensor_parallel_size
+        self.pipeline_parallel_size = pipeline_parallel_size
 
     @classmethod
     def start(cls, engine_args: Mapping[str, Any], environment: Mapping[str, str] | None = None) -> Engine:
         """Start vLLM: validate the configuration, spawn the engine core and its ranks, load the
         weights. `environment` holds variables vLLM's processes must see (set before they spawn).
         Call from the main process, behind an `if __name__ == "__main__"` guard."""
-        for name, value in (environment or {}).items():
-            os.environ[name] = value
         args = AsyncEngineArgs(**engine_args)
         began = time.perf_counter()
         try:
@@ -39,14 +55,16 @@ class Engine:
         except Exception as e:  # vLLM raises ValueError, pydantic errors, OSError, ...
             raise EngineStartError(f"vLLM refused the engine configuration: {' '.join(str(e).split())}") from e
         try:
-            llm = vllm_bridge.start_async_llm(config, args)
+            with _environment(environment or {}):
+                llm = vllm_bridge.start_async_llm(config, args)
         except Exception as e:
             raise EngineStartError(
                 f"vLLM could not start the engine ({' '.join(str(e).split())}); "
                 f"the cause is in vLLM's log lines above."
             ) from e
         log.info("vLLM engine ready in %.1f s", time.perf_counter() - began)
-        return cls(llm, config.model_config.max_model_len)
+        parallel = config.parallel_config
+        return cls(llm, config.model_config.max_model_len, parallel.tensor_parallel_size, parallel.pipeline_parallel_size)
 
     async def render_chat(self, messages: list[dict], chat_template: str | None) -> dict:
         return await vllm_bridge.render_chat(self._llm, messages, chat_template, self.max_model_len)
@@ -62,9 +80,17 @@ class Engine:
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)
 
+    def unfinished_requests(self) -> int:
+        return self._llm.get_num_unfinished_requests()
+
     @property
     def dead(self) -> bool:
-        return self._llm.errored
+        return self._llm is None or self._llm.errored
 
     def shutdown(self) -> None:
-        self._llm.shutdown()
+        """Stop the engine core and every rank. Idempotent."""
+        if self._llm is not None:
+            self._llm.shutdown()
+            # vLLM's AsyncLLM shuts down again when collected; let that happen now, not at
+            # interpreter exit when the modules it needs are gone.
+            self._llm = None

@@ -12,16 +12,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-# SamplingParams fields a job may not set: the worker sets them, or they are engine internals.
-INTERNAL_SAMPLING_FIELDS = frozenset(
-    {
-        "output_kind",
-        "skip_clone",
-        "output_text_buffer_length",
-        "routed_experts_prompt_start",
-        "trace_decode_token_ids",
-    }
-)
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
@@ -83,10 +73,18 @@ class NativeRequest:
     batching: BatchPolicy
 
 
+TYPE_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _is_type_step(part) -> bool:
+    """Steps pydantic adds to a location for the members of a union ('str', 'list[int]', ...)."""
+    return isinstance(part, str) and (part in TYPE_NAMES or "[" in part or "(" in part)
+
+
 def _field_path(loc: tuple) -> str:
-    """pydantic's error location -> 'messages[0].role'."""
+    """pydantic's error location -> 'messages[0].role' (union member names left out)."""
     path = ""
-    for part in loc:
+    for part in (p for p in loc if not _is_type_step(p)):
         if isinstance(part, int):
             path += f"[{part}]"
         else:
@@ -94,8 +92,10 @@ def _field_path(loc: tuple) -> str:
     return path
 
 
-def _first_error(e: ValidationError, prefix: str = "") -> JobError:
-    err = e.errors()[0]
+def _first_error(e: ValidationError, prefix: str = "", errors: list | None = None) -> JobError:
+    """The first field pydantic refused, with every alternative it would have taken."""
+    errors = errors or e.errors()
+    err = errors[0]
     loc = err["loc"]
     if err["type"] == "extra_forbidden":
         accepted = ", ".join(NativeInput.model_fields)
@@ -106,18 +106,16 @@ def _first_error(e: ValidationError, prefix: str = "") -> JobError:
             param=_field_path(loc),
         )
     path = prefix + _field_path(loc)
-    return JobError(f"{path}: {err['msg']}.", param=path)
+    reasons = [x["msg"] for x in errors if _field_path(x["loc"]) == _field_path(loc)]
+    return JobError(f"{path}: {'; or '.join(dict.fromkeys(reasons))}.", param=path)
 
 
 def _sampling_params(raw: dict[str, Any], max_n: int):
     """vLLM SamplingParams from a job's dict: unknown names refused, types and ranges checked by
     vLLM's own validation, `n` limited by MAX_N."""
-    from vllm import SamplingParams
-    from pydantic import TypeAdapter
+    from tpworker import vllm_bridge
 
-    allowed = sorted(
-        f for f in SamplingParams.__struct_fields__ if not f.startswith("_") and f not in INTERNAL_SAMPLING_FIELDS
-    )
+    allowed = vllm_bridge.sampling_param_names()
     unknown = sorted(set(raw) - set(allowed))
     if unknown:
         raise JobError(
@@ -125,17 +123,15 @@ def _sampling_params(raw: dict[str, Any], max_n: int):
             param=f"sampling_params.{unknown[0]}",
         )
     try:
-        params = TypeAdapter(SamplingParams).validate_python(raw)
+        params = vllm_bridge.sampling_params(raw)
     except ValidationError as e:
-        # vLLM's adapter reports a second, generic "not a SamplingParams" error; keep the field's.
-        errors = [err for err in e.errors() if len(err["loc"]) > 1] or e.errors()
-        loc = errors[0]["loc"][1:]  # drop the adapter's own location element
-        path = "sampling_params." + _field_path(tuple(p for p in loc if not str(p).startswith(("list[", "str"))))
-        raise JobError(f"{path}: {errors[0]['msg']}.", param=path) from None
-    except ValueError as e:  # vLLM's range checks (VLLMValidationError is a ValueError)
-        name = getattr(e, "parameter", None)
-        param = f"sampling_params.{name}" if name else "sampling_params"
-        raise JobError(f"{param}: {str(e).split(' (parameter=')[0]}", param=param) from None
+        # vLLM's adapter adds a generic "not a SamplingParams" error and a first location step
+        # of its own; keep the field's errors, located from the field.
+        errors = [{**err, "loc": err["loc"][1:]} for err in e.errors() if len(err["loc"]) > 1] or e.errors()
+        raise _first_error(e, prefix="sampling_params.", errors=errors) from None
+    except vllm_bridge.InvalidParameter as e:  # vLLM's range checks
+        param = f"sampling_params.{e.parameter}" if e.parameter else "sampling_params"
+        raise JobError(f"{param}: {e}", param=param) from None
     if params.n > max_n:
         raise JobError(f"sampling_params.n: {params.n} is above this worker's limit of {max_n} (MAX_N).", param="sampling_params.n")
     if "max_tokens" not in raw:

@@ -4,6 +4,8 @@ Each chunk: {"choices": [{"tokens": [str, ...], "finish_reason": str | None}, ..
              "usage": {"input": prompt tokens, "output": tokens generated so far, all choices}}
 Streaming: chunks of growing size (BatchPolicy). A choice's finish_reason is set from the chunk
 holding its last token on. Not streaming: one chunk, the whole text of each choice.
+When the job asks for `sampling_params.logprobs` (k), each choice also carries "logprobs": one
+entry per generated token, {"token", "token_id", "logprob", "top_logprobs": [k best, by rank]}.
 """
 
 from __future__ import annotations
@@ -26,16 +28,19 @@ class StreamBatcher:
     latency per token; chunks start at `min_size` tokens (fast first token) and grow by
     `growth_factor` per chunk up to `max_size`."""
 
-    def __init__(self, n: int, policy: BatchPolicy):
+    def __init__(self, n: int, policy: BatchPolicy, with_logprobs: bool = False):
         self.policy = policy
         self.size = policy.min_size
         self.tokens: list[list[str]] = [[] for _ in range(n)]
+        self.logprobs: list[list[dict]] | None = [[] for _ in range(n)] if with_logprobs else None
         self.finish_reasons: list[str | None] = [None] * n
         self.pending = 0  # tokens collected since the last chunk
 
-    def add(self, index: int, text: str, token_count: int, finish_reason: str | None) -> None:
+    def add(self, index: int, text: str, token_count: int, finish_reason: str | None, logprobs=()) -> None:
         if text:  # an end-of-sequence token counts, but has no text to show
             self.tokens[index].append(text)
+        if self.logprobs is not None:
+            self.logprobs[index].extend(logprobs)
         self.pending += token_count
         if finish_reason is not None:
             self.finish_reasons[index] = finish_reason
@@ -49,17 +54,36 @@ class StreamBatcher:
         return not any(self.tokens)
 
     def take(self, usage: dict) -> dict:
-        chunk = {
-            "choices": [
-                {"tokens": tokens, "finish_reason": reason}
-                for tokens, reason in zip(self.tokens, self.finish_reasons)
-            ],
-            "usage": usage,
-        }
+        choices = [{"tokens": tokens, "finish_reason": reason} for tokens, reason in zip(self.tokens, self.finish_reasons)]
+        if self.logprobs is not None:
+            for choice, logprobs in zip(choices, self.logprobs):
+                choice["logprobs"] = logprobs
+            self.logprobs = [[] for _ in self.logprobs]
+        chunk = {"choices": choices, "usage": usage}
         self.tokens = [[] for _ in self.tokens]
         self.pending = 0
-        self.size = min(max(int(self.size * self.policy.growth_factor), self.size), self.policy.max_size)
+        # Kept fractional (as worker-vllm does) so that factors like 1.5 still grow.
+        self.size = min(self.size * self.policy.growth_factor, self.policy.max_size)
         return chunk
+
+
+def token_logprobs(token_ids, logprobs, k: int) -> list[dict]:
+    """vLLM's per-position {token_id: Logprob} -> one plain entry per generated token."""
+    entries = []
+    for token_id, candidates in zip(token_ids, logprobs or []):
+        chosen = candidates[token_id]
+        best = sorted((c for c in candidates.items() if k < 0 or c[1].rank <= k), key=lambda c: c[1].rank)
+        entries.append(
+            {
+                "token": chosen.decoded_token,
+                "token_id": token_id,
+                "logprob": chosen.logprob,
+                "top_logprobs": [
+                    {"token": lp.decoded_token, "token_id": tid, "logprob": lp.logprob} for tid, lp in best
+                ],
+            }
+        )
+    return entries
 
 
 async def _engine_input(engine: Engine, request: NativeRequest, chat_template: str | None) -> dict:
@@ -68,8 +92,8 @@ async def _engine_input(engine: Engine, request: NativeRequest, chat_template: s
         if request.messages is not None:
             return await engine.render_chat(request.messages, chat_template)
         return await engine.render_text(request.prompt)
-    except Exception as e:
-        if vllm_bridge.is_validation_error(e) or isinstance(e, (ValueError, TypeError, KeyError)):
+    except Exception as e:  # the template or the tokenizer refused the input
+        if vllm_bridge.as_invalid_parameter(e) or isinstance(e, (ValueError, TypeError, KeyError)):
             raise JobError(f"{field}: {' '.join(str(e).split())}", param=field) from None
         raise
 
@@ -103,7 +127,7 @@ async def generate(
     _fit_max_tokens(request, prompt_tokens, engine.max_model_len, default_max_tokens)
     params = request.sampling_params
     params.output_kind = RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY
-    batcher = StreamBatcher(params.n, request.batching)
+    batcher = StreamBatcher(params.n, request.batching, with_logprobs=params.logprobs is not None)
     generated = 0
     request_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
     try:
@@ -113,14 +137,18 @@ async def generate(
             async for output in outputs:
                 for choice in output.outputs:
                     generated += len(choice.token_ids)
-                    batcher.add(choice.index, choice.text, len(choice.token_ids), choice.finish_reason)
+                    logprobs = (
+                        token_logprobs(choice.token_ids, choice.logprobs, params.logprobs)
+                        if params.logprobs is not None
+                        else ()
+                    )
+                    batcher.add(choice.index, choice.text, len(choice.token_ids), choice.finish_reason, logprobs)
                 if request.stream and batcher.full and not output.finished:
                     yield batcher.take({"input": prompt_tokens, "output": generated})
     except Exception as e:
-        if vllm_bridge.is_validation_error(e):
-            name = getattr(e, "parameter", None)
-            param = f"sampling_params.{name}" if name else None
-            raise JobError(" ".join(str(e).split(" (parameter=")[0].split()), param=param) from None
+        if invalid := vllm_bridge.as_invalid_parameter(e):  # e.g. logprobs above MAX_LOGPROBS
+            param = f"sampling_params.{invalid.parameter}" if invalid.parameter else None
+            raise JobError(" ".join(str(invalid).split()), param=param) from None
         raise
     if not request.stream:
         batcher.tokens = [["".join(pieces)] for pieces in batcher.tokens]

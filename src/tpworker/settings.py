@@ -22,25 +22,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tpworker.errors import StartRefused
 
+# Variables read besides WorkerSettings and the engine arguments, with what they do.
+OTHER_VARIABLES = {
+    "HF_TOKEN": "Hugging Face token for gated or private models (read by huggingface_hub; never logged).",
+    "CUDA_VISIBLE_DEVICES": "Which GPUs the worker sees (RunPod sets it); TENSOR_PARALLEL_SIZE=auto uses them all.",
+    "VLLM_CPU_OMP_THREADS_BIND": "No GPU: cores of each rank, e.g. 0-3|4-7. Default: the worker splits the cores evenly.",
+    "VLLM_CPU_KVCACHE_SPACE": "No GPU: KV cache GiB per rank. Default: 2.",
+    "TPWORKER_CACHE_DIR": "Where the default model is built (default: $XDG_CACHE_HOME/tpworker or ~/.cache/tpworker).",
+    "RUNPOD_WEBHOOK_GET_JOB": "Set by RunPod: with it, handler.py runs RunPod's job loop instead of a local test.",
+}
 # Variables whose values never reach a log line or an error.
 SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
 
-# Engine arguments that WorkerSettings reads (under these names and the aliases below).
-WORKER_OWNED_ENGINE_ARGS = (
-    "model",
-    "revision",
-    "tokenizer",
-    "tokenizer_revision",
-    "tensor_parallel_size",
-    "pipeline_parallel_size",
-)
 # worker-vllm's names for engine arguments; each is an alternative to the vLLM name.
 ALIASES = {
     "MODEL_NAME": "model",
     "MODEL_REVISION": "revision",
     "TOKENIZER_NAME": "tokenizer",
-    "TOKENIZER_REVISION": "tokenizer_revision",
-}
+}  # (worker-vllm's TOKENIZER_REVISION is already vLLM's own name)
 
 
 class WorkerSettings(BaseModel):
@@ -50,12 +49,12 @@ class WorkerSettings(BaseModel):
 
     model: str | None = Field(
         None,
-        description="Hugging Face id or local folder of the model (alias MODEL_NAME). Unset on a "
+        description="Hugging Face id or local folder of the model. Unset on a "
         "machine with no GPU: the embedded SmolLM2-135M-Instruct.",
     )
-    revision: str | None = Field(None, description="Model revision: branch, tag or commit (alias MODEL_REVISION).")
-    tokenizer: str | None = Field(None, description="Tokenizer id or folder, if not the model's (alias TOKENIZER_NAME).")
-    tokenizer_revision: str | None = Field(None, description="Tokenizer revision (alias TOKENIZER_REVISION).")
+    revision: str | None = Field(None, description="Model revision: branch, tag or commit.")
+    tokenizer: str | None = Field(None, description="Tokenizer id or folder, if not the model's.")
+    tokenizer_revision: str | None = Field(None, description="Tokenizer revision.")
     tensor_parallel_size: int | Literal["auto"] = Field(
         "auto",
         description="GPUs the model is split across, or auto: every visible GPU when that is a valid "

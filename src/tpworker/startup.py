@@ -74,7 +74,8 @@ def model_shape(settings: Settings, model: ModelChoice) -> ModelShape:
 
 
 def plan_start(settings: Settings) -> StartPlan:
-    """Everything decided before the engine loads; raises StartError / PlanError / SettingsError."""
+    """The model and the parallel layout, checked without importing vLLM (a bad plan is refused
+    within seconds). Raises StartError / PlanError. Then `add_engine_args` completes the plan."""
     gpus = hardware.visible_gpus(settings.cuda_visible_devices)
     model = choose_model(settings, gpus)
     log.info("Model: %s", model.why)
@@ -95,15 +96,19 @@ def plan_start(settings: Settings) -> StartPlan:
     )
     if parallel.warning:
         log.warning(parallel.warning)
-    plan = StartPlan(model, parallel, gpus)
+    return StartPlan(model, parallel, gpus)
+
+
+def add_engine_args(settings: Settings, plan: StartPlan) -> StartPlan:
+    """The engine's arguments: the environment's (converted by vLLM's parser, so this imports
+    vLLM; raises SettingsError), plus the model and layout decided by plan_start."""
     plan.engine_args = engine_args(settings, plan)
-    if not gpus:
-        plan.environment = cpu_environment(settings, parallel)
+    if not plan.gpus:
+        plan.environment = cpu_environment(settings, plan.parallel)
     return plan
 
 
 def engine_args(settings: Settings, plan: StartPlan) -> dict[str, Any]:
-    """The engine's arguments: the environment's, plus the model and the layout decided here."""
     args = settings.engine_args()  # imports vLLM; raises SettingsError for bad values
     worker = settings.worker
     args.update(

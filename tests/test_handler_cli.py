@@ -1,0 +1,78 @@
+"""`python handler.py` as a user runs it: the real worker in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ENGINE_ENV, ROOT
+
+CHAT_JOB = {"input": {"messages": [{"role": "user", "content": "What is the capital of France?"}],
+                      "stream": True, "sampling_params": {"temperature": 0, "max_tokens": 24}}}
+
+
+def run_handler(*args: str, cwd=ROOT, handler=ROOT / "handler.py", timeout: float = 240, **env: str):
+    """(exit status, everything printed, seconds taken)"""
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(handler), *args],
+        cwd=cwd, env={**os.environ, **ENGINE_ENV, **env}, capture_output=True, text=True, timeout=timeout,
+    )
+    return done.returncode, done.stdout + done.stderr, time.monotonic() - began
+
+
+@pytest.mark.engine
+def test_streamed_chat_at_tp2_prints_chunks_and_paris_and_exits_0(models):
+    code, output, _ = run_handler("--test_input", json.dumps(CHAT_JOB), TENSOR_PARALLEL_SIZE="2")
+    assert code == 0, output[-3000:]
+    chunks = [line for line in output.splitlines() if line.startswith("--- chunk ")]
+    assert len(chunks) > 1
+    assert "--- text of choice 0: " in output and "Paris" in output.split("--- text of choice 0: ")[1]
+    assert "TP=2 x PP=1" in output and "VLLM_CPU_OMP_THREADS_BIND=0|1" in output
+
+
+def test_a_bad_job_prints_an_error_naming_the_field_and_exits_1():
+    code, output, _ = run_handler("--test_input", '{"input": {"prompt": 5}}')
+    assert code == 1
+    error = json.loads(output.split("--- job failed: ")[1].splitlines()[0])
+    assert error["param"] == "prompt" and "prompt" in error["message"]
+
+
+@pytest.fixture
+def lone_handler(tmp_path):
+    """handler.py copied into an empty folder (the repository's own test_input.json not beside it)."""
+    (tmp_path / "handler.py").write_text((ROOT / "handler.py").read_text())
+    return tmp_path / "handler.py"
+
+
+def test_test_input_json_is_found_without_flags(lone_handler):
+    (lone_handler.parent / "test_input.json").write_text(json.dumps({"input": {"messages": "not a list"}}))
+    code, output, _ = run_handler(cwd=lone_handler.parent, handler=lone_handler)
+    assert code == 1 and '"param": "messages"' in output
+
+
+def test_nothing_to_run_is_explained(lone_handler):
+    code, output, _ = run_handler(cwd=lone_handler.parent, handler=lone_handler, RUNPOD_WEBHOOK_GET_JOB="")
+    assert code == 2 and "Nothing to run" in output
+    code, output, _ = run_handler("--test_input", "{not json")
+    assert code == 2 and "--test_input is not valid JSON" in output
+
+
+def test_bad_variables_stop_the_worker_at_start_naming_them():
+    code, output, _ = run_handler("--test_input", json.dumps(CHAT_JOB), TENSOR_PARALLEL_SIZE="two")
+    assert code == 2 and "TENSOR_PARALLEL_SIZE='two' is not valid" in output
+    code, output, _ = run_handler("--test_input", json.dumps(CHAT_JOB), GPU_MEMORY_UTILIZATION="1.5")
+    assert code == 2 and "GPU_MEMORY_UTILIZATION='1.5' is not valid" in output and "<= 1" in output
+
+
+def test_a_tp_size_that_cannot_split_the_model_is_refused_within_seconds(models):
+    code, output, seconds = run_handler("--test_input", json.dumps(CHAT_JOB), TENSOR_PARALLEL_SIZE="3")
+    assert code == 2
+    assert "TENSOR_PARALLEL_SIZE=3 cannot split this model" in output and "1, 2, 4, 12" in output
+    assert seconds < 5, seconds
+    assert "Initializing a V1 LLM engine" not in output

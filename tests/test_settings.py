@@ -1,0 +1,108 @@
+"""Environment -> settings: conversions, aliases, and one clear line per bad variable."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tpworker import vllm_bridge
+from tpworker.settings import SettingsError, WorkerSettings, load_settings, masked
+
+
+def problems(env: dict) -> list[str]:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env).engine_args()
+    return caught.value.problems
+
+
+def test_tensor_parallel_size_that_is_not_a_number_is_refused_with_the_accepted_values():
+    (line,) = problems({"TENSOR_PARALLEL_SIZE": "two"})
+    assert line.startswith("TENSOR_PARALLEL_SIZE='two' is not valid")
+    assert "an integer >= 1, or auto" in line
+
+
+def test_tensor_parallel_size_auto_and_numbers():
+    assert load_settings({"TENSOR_PARALLEL_SIZE": "Auto"}).worker.tensor_parallel_auto
+    assert load_settings({}).worker.tensor_parallel_auto
+    assert load_settings({"TENSOR_PARALLEL_SIZE": "4"}).worker.tensor_parallel_size == 4
+    assert "at least 1" in problems({"TENSOR_PARALLEL_SIZE": "0"})[0]
+
+
+def test_gpu_memory_utilization_above_one_is_refused_by_vllms_own_bound():
+    (line,) = problems({"GPU_MEMORY_UTILIZATION": "1.5"})
+    assert line.startswith("GPU_MEMORY_UTILIZATION='1.5' is not valid")
+    assert "<= 1" in line and "\n" not in line
+
+
+def test_engine_arguments_convert_as_vllm_serve_converts_them():
+    args = load_settings(
+        {
+            "MAX_MODEL_LEN": "32k",
+            "ENFORCE_EAGER": "false",
+            "ENABLE_PREFIX_CACHING": "yes",
+            "DTYPE": "float32",
+            "SERVED_MODEL_NAME": "a b",
+            "MAX_NUM_SEQS": "8",
+            "HF_OVERRIDES": '{"rope_theta": 1000}',
+            "GPU_MEMORY_UTILIZATION": "0.5",
+        }
+    ).engine_args()
+    assert args == {
+        "max_model_len": 32000,
+        "enforce_eager": False,
+        "enable_prefix_caching": True,
+        "dtype": "float32",
+        "served_model_name": ["a", "b"],
+        "max_num_seqs": 8,
+        "hf_overrides": {"rope_theta": 1000},
+        "gpu_memory_utilization": 0.5,
+    }
+    assert load_settings({"SERVED_MODEL_NAME": '["x", "y"]'}).engine_args()["served_model_name"] == ["x", "y"]
+
+
+def test_bad_choices_booleans_and_json_each_name_their_variable():
+    lines = problems({"DTYPE": "fp33", "ENFORCE_EAGER": "maybe", "COMPILATION_CONFIG": '{"mode": 9}'})
+    assert len(lines) == 3
+    by_variable = {line.split("=")[0]: line for line in lines}
+    assert "one of auto, bfloat16" in by_variable["DTYPE"]
+    assert "true or false" in by_variable["ENFORCE_EAGER"]
+    assert "JSON object" in by_variable["COMPILATION_CONFIG"]
+    assert all("\n" not in line for line in lines)
+
+
+def test_every_engine_argument_has_a_variable():
+    from vllm import AsyncEngineArgs
+
+    fields = {f.name for f in dataclasses.fields(AsyncEngineArgs) if not f.name.startswith("_")}
+    settable = set(vllm_bridge.engine_arg_names()) | set(WorkerSettings.model_fields)
+    # hf_token: huggingface_hub reads HF_TOKEN itself. The others have no command-line flag in
+    # vLLM 0.32 (no way to set them in `vllm serve` either).
+    assert fields - settable == {"hf_token", "tokens_only", "mamba_config", "model_weights", "enable_mm_processor_stats"}
+
+
+def test_worker_vllm_aliases_and_conflicts():
+    settings = load_settings({"MODEL_NAME": "org/model", "MODEL_REVISION": "abc", "TOKENIZER_NAME": "org/tok"})
+    assert (settings.worker.model, settings.worker.revision, settings.worker.tokenizer) == ("org/model", "abc", "org/tok")
+    assert settings.source_of("model") == "MODEL_NAME"
+    assert load_settings({"MODEL": "x", "MODEL_NAME": "x"}).worker.model == "x"
+    with pytest.raises(SettingsError, match="MODEL='a' and MODEL_NAME='b' are both set"):
+        load_settings({"MODEL": "a", "MODEL_NAME": "b"})
+
+
+def test_worker_settings_defaults_bounds_and_all_problems_at_once():
+    worker = load_settings({}).worker
+    assert (worker.max_concurrency, worker.default_batch_size, worker.min_batch_size) == (30, 50, 1)
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"MAX_CONCURRENCY": "0", "MIN_BATCH_SIZE": "x", "BATCH_SIZE_GROWTH_FACTOR": "0.5"})
+    assert [line.split("=")[0] for line in caught.value.problems] == [
+        "BATCH_SIZE_GROWTH_FACTOR", "MAX_CONCURRENCY", "MIN_BATCH_SIZE"
+    ]
+
+
+def test_secrets_are_masked():
+    assert masked("HF_TOKEN", "hf_abc") == "***"
+    assert masked("RUNPOD_AI_API_KEY", "k") == "***"
+    assert masked("MODEL_NAME", "org/model") == "org/model"
+    (line,) = problems({"MAX_CONCURRENCY": "x", "HF_TOKEN": "hf_secret"})
+    assert "hf_secret" not in line

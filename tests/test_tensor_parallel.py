@@ -1,0 +1,77 @@
+"""TP=2 computes what TP=1 computes, on the real vLLM CPU engine, through handler.handler.
+
+float32: identical greedy token ids. bfloat16: the ranks sum in a different order, so sequences may
+part ways; where they first differ, each side's token must be among the other side's 5 most likely
+(the rule from NOTES.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import RunningWorker, text_of, token_ids_of
+
+pytestmark = pytest.mark.engine
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "The three primary colours are",
+    "To bake bread you need flour,",
+]
+TOKENS = 32
+
+
+CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "stream": True, "sampling_params": {"temperature": 0, "max_tokens": 24}}
+
+
+def greedy_runs(tp: int, dtype: str) -> dict:
+    """Chunks of each prompt (greedy, with top-5 logprobs) and of the chat question."""
+    worker = RunningWorker(TENSOR_PARALLEL_SIZE=str(tp), DTYPE=dtype)
+    try:
+        assert worker.engine.tensor_parallel_size == tp
+        params = {"temperature": 0, "max_tokens": TOKENS, "ignore_eos": True, "logprobs": 5}
+        prompts = [worker.job({"prompt": p, "stream": True, "sampling_params": params}) for p in PROMPTS]
+        return {"prompts": prompts, "chat": worker.job(CHAT)}
+    finally:
+        worker.close()
+
+
+@pytest.fixture(scope="module")
+def float32_runs(models):
+    return {tp: greedy_runs(tp, "float32") for tp in (1, 2)}
+
+
+@pytest.fixture(scope="module")
+def bfloat16_runs(models):
+    return {tp: greedy_runs(tp, "bfloat16") for tp in (1, 2)}
+
+
+def test_tp2_float32_greedy_equals_tp1_token_for_token(float32_runs):
+    for tp1, tp2 in zip(float32_runs[1]["prompts"], float32_runs[2]["prompts"]):
+        ids = token_ids_of(tp1)
+        assert len(ids) == TOKENS
+        assert token_ids_of(tp2) == ids
+        assert text_of(tp2) == text_of(tp1)
+
+
+def test_tp2_bfloat16_agrees_with_tp1_within_top5(bfloat16_runs):
+    def top5(chunks):
+        return [{t["token_id"] for t in e["top_logprobs"]} for c in chunks for e in c["choices"][0]["logprobs"]]
+
+    for tp1, tp2 in zip(bfloat16_runs[1]["prompts"], bfloat16_runs[2]["prompts"]):
+        a, b = token_ids_of(tp1), token_ids_of(tp2)
+        assert len(a) == len(b) == TOKENS
+        first_difference = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        if first_difference is not None:
+            i = first_difference
+            assert a[i] in top5(tp2)[i] and b[i] in top5(tp1)[i], (i, a, b)
+
+
+def test_tp1_and_tp2_answer_the_chat_question_streamed(bfloat16_runs, float32_runs):
+    for runs in (bfloat16_runs, float32_runs):
+        for tp in (1, 2):
+            chunks = runs[tp]["chat"]
+            assert len(chunks) > 1
+            assert "Paris" in text_of(chunks)
