@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from tpworker.parallel import ModelShape, PlanError, plan_parallelism, read_model_config, valid_tp_sizes
+from tpworker.modelinfo import ModelFacts, read_model_config
+from tpworker.parallel import PlanError, plan_parallelism, valid_tp_sizes
+
+
+def shape(heads: int, kv_heads: int, intermediate: int) -> ModelFacts:
+    return ModelFacts.from_config({"num_attention_heads": heads, "num_key_value_heads": kv_heads,
+                                   "intermediate_size": intermediate, "hidden_size": heads * 128,
+                                   "num_hidden_layers": 2, "vocab_size": 1000})
 
 
 @pytest.fixture(scope="module")
 def padded(models):
-    return ModelShape.from_config(read_model_config(str(models[1])))
+    return ModelFacts.from_config(read_model_config(str(models[1])))
 
 
 @pytest.fixture(scope="module")
 def original(models):
-    return ModelShape.from_config(read_model_config(str(models[0])))
+    return ModelFacts.from_config(read_model_config(str(models[0])))
 
 
 def test_the_padded_default_model_allows_tp_1_2_4(padded, original):
@@ -26,9 +33,8 @@ def test_the_padded_default_model_allows_tp_1_2_4(padded, original):
 
 
 def test_kv_heads_are_replicated_beyond_their_count():
-    llama70b = ModelShape(attention_heads=64, kv_heads=8, intermediate_size=28672)
-    assert valid_tp_sizes(llama70b) == [1, 2, 4, 8, 16, 32, 64]
-    assert valid_tp_sizes(ModelShape(32, 8, 14336), up_to=8) == [1, 2, 4, 8]
+    assert valid_tp_sizes(shape(64, 8, 28672)) == [1, 2, 4, 8, 16, 32, 64]
+    assert valid_tp_sizes(shape(32, 8, 14336), up_to=8) == [1, 2, 4, 8]
 
 
 def test_a_requested_size_that_cannot_split_the_model_is_refused_with_the_valid_ones(padded, original):

@@ -90,6 +90,7 @@ def main(handler: Callable, handler_file: str) -> int:
             print(f"--- job: {json.dumps(local_job)}\n--- job failed: {json.dumps(refusal['error'])}", flush=True)
             return 1
         startup.add_engine_args(settings, plan)
+        startup.run_preflight(settings, plan)
         log.info("Settings: %s", settings.shown())
         from tpworker.engine import Engine
         from tpworker.worker import Worker

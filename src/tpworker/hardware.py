@@ -39,29 +39,84 @@ def select_visible(cuda_visible_devices: str | None, uuids: list[str]) -> list[i
     return chosen
 
 
-def visible_gpus(cuda_visible_devices: str | None) -> list[Gpu]:
+def _nvml(nvml=None):
+    """The NVML module, initialised; None where there is no NVIDIA driver."""
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError:
+            return None
+    try:
+        nvml.nvmlInit()
+    except nvml.NVMLError:
+        return None
+    return nvml
+
+
+def _visible_handles(nvml, cuda_visible_devices: str | None) -> list:
+    handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+    uuids = [_text(nvml.nvmlDeviceGetUUID(h)) for h in handles]
+    return [handles[i] for i in select_visible(cuda_visible_devices, uuids)]
+
+
+def visible_gpus(cuda_visible_devices: str | None, nvml=None) -> list[Gpu]:
     """The GPUs this process may use; [] where there is no NVIDIA driver."""
-    try:
-        import pynvml
-    except ImportError:
+    nvml = _nvml(nvml)
+    if nvml is None:
         return []
     try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return []
-    try:
-        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-        uuids = [_text(pynvml.nvmlDeviceGetUUID(h)) for h in handles]
         return [
-            Gpu(
-                visible_index,
-                _text(pynvml.nvmlDeviceGetName(handles[i])),
-                int(pynvml.nvmlDeviceGetMemoryInfo(handles[i]).total),
-            )
-            for visible_index, i in enumerate(select_visible(cuda_visible_devices, uuids))
+            Gpu(i, _text(nvml.nvmlDeviceGetName(h)), int(nvml.nvmlDeviceGetMemoryInfo(h).total))
+            for i, h in enumerate(_visible_handles(nvml, cuda_visible_devices))
         ]
     finally:
-        pynvml.nvmlShutdown()
+        nvml.nvmlShutdown()
+
+
+# NVML's P2P capability indices and status (the binding's own READ constant is a tuple by mistake).
+P2P_READ, P2P_NVLINK, P2P_OK = 0, 2, 0
+
+
+@dataclass(frozen=True)
+class Link:
+    """How two visible GPUs reach each other."""
+
+    a: int
+    b: int
+    nvlink: bool  # NVLink (or NVSwitch) between them
+    p2p: bool  # direct peer-to-peer reads work (over NVLink or PCIe)
+
+
+def gpu_links(cuda_visible_devices: str | None, count: int, nvml=None) -> list[Link]:
+    """Links between each pair of the first `count` visible GPUs (the ones TP uses)."""
+    nvml = _nvml(nvml)
+    if nvml is None:
+        return []
+    try:
+        handles = _visible_handles(nvml, cuda_visible_devices)[:count]
+
+        def status(x, y, index) -> bool:
+            try:
+                return nvml.nvmlDeviceGetP2PStatus(x, y, index) == P2P_OK
+            except nvml.NVMLError:
+                return False
+
+        return [
+            Link(i, j, status(handles[i], handles[j], P2P_NVLINK), status(handles[i], handles[j], P2P_READ))
+            for i in range(len(handles))
+            for j in range(i + 1, len(handles))
+        ]
+    finally:
+        nvml.nvmlShutdown()
+
+
+def shm_bytes(path: str = "/dev/shm") -> int | None:
+    """Size of the shared-memory mount NCCL uses between ranks (None if there is none)."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return stats.f_blocks * stats.f_frsize
 
 
 def _text(value: str | bytes) -> str:

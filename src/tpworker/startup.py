@@ -12,7 +12,8 @@ from typing import Any
 
 from tpworker import default_model, hardware
 from tpworker.errors import StartRefused
-from tpworker.parallel import ModelShape, ParallelPlan, plan_parallelism, read_model_config
+from tpworker.modelinfo import ModelFacts, read_model_config
+from tpworker.parallel import ParallelPlan, plan_parallelism
 from tpworker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class ModelChoice:
 @dataclass
 class StartPlan:
     model: ModelChoice
+    facts: ModelFacts
     parallel: ParallelPlan
     gpus: list[hardware.Gpu]
     engine_args: dict[str, Any] = field(default_factory=dict)
@@ -62,10 +64,10 @@ def choose_model(settings: Settings, gpus: list[hardware.Gpu]) -> ModelChoice:
     )
 
 
-def model_shape(settings: Settings, model: ModelChoice) -> ModelShape:
+def model_facts(settings: Settings, model: ModelChoice) -> ModelFacts:
     try:
         config = read_model_config(model.path_or_id, settings.worker.revision)
-        return ModelShape.from_config(config)
+        return ModelFacts.from_config(config)
     except Exception as e:
         raise StartError(
             f"Cannot read the model's config.json ({settings.source_of('model')}={model.path_or_id!r}): "
@@ -79,10 +81,10 @@ def plan_start(settings: Settings) -> StartPlan:
     gpus = hardware.visible_gpus(settings.cuda_visible_devices)
     model = choose_model(settings, gpus)
     log.info("Model: %s", model.why)
-    shape = model_shape(settings, model)
+    facts = model_facts(settings, model)
     requested = settings.worker.tensor_parallel_size
     parallel = plan_parallelism(
-        shape,
+        facts,
         len(gpus),
         None if requested == "auto" else requested,
         settings.worker.pipeline_parallel_size,
@@ -96,7 +98,7 @@ def plan_start(settings: Settings) -> StartPlan:
     )
     if parallel.warning:
         log.warning(parallel.warning)
-    return StartPlan(model, parallel, gpus)
+    return StartPlan(model, facts, parallel, gpus)
 
 
 def add_engine_args(settings: Settings, plan: StartPlan) -> StartPlan:
@@ -106,6 +108,44 @@ def add_engine_args(settings: Settings, plan: StartPlan) -> StartPlan:
     if not plan.gpus:
         plan.environment = cpu_environment(settings, plan.parallel)
     return plan
+
+
+def run_preflight(settings: Settings, plan: StartPlan) -> None:
+    """Memory and interconnect checks against the real GPUs, before the engine loads anything.
+    Raises PreflightError when the plan cannot fit; logs the memory plan and any warnings."""
+    from tpworker import preflight, vllm_bridge
+    from tpworker.memory import MemoryModel
+    from tpworker.modelinfo import weights_size
+
+    if not plan.gpus:
+        return  # on CPU the KV cache has a fixed size (VLLM_CPU_KVCACHE_SPACE)
+    args, parallel = plan.engine_args, plan.parallel
+    memory = MemoryModel(
+        plan.facts,
+        dtype=args.get("dtype"),
+        kv_cache_dtype=args.get("kv_cache_dtype"),
+        real_weight_bytes=weights_size(plan.model.path_or_id, settings.worker.revision),
+    )
+    max_model_len = args.get("max_model_len") or -1
+    if max_model_len < 0:  # unset or auto: vLLM starts from the model's own context length
+        max_model_len = plan.facts.max_position_embeddings or 2048
+    ranks = parallel.tensor_parallel_size * parallel.pipeline_parallel_size
+    findings = preflight.memory_findings(
+        memory,
+        parallel.tensor_parallel_size,
+        parallel.pipeline_parallel_size,
+        gpu_bytes=min(gpu.memory_bytes for gpu in plan.gpus[:ranks]),
+        utilization=args.get("gpu_memory_utilization") or vllm_bridge.engine_arg_default("gpu_memory_utilization"),
+        max_model_len=max_model_len,
+        max_concurrency=settings.worker.max_concurrency,
+        gpu_count=len(plan.gpus),
+    )
+    links = hardware.gpu_links(settings.cuda_visible_devices, parallel.tensor_parallel_size)
+    wiring = preflight.interconnect_findings(parallel.tensor_parallel_size, links, hardware.shm_bytes())
+    for note in findings.notes:
+        log.info(note)
+    for warning in findings.warnings + wiring.warnings:
+        log.warning(warning)
 
 
 def engine_args(settings: Settings, plan: StartPlan) -> dict[str, Any]:

@@ -1,0 +1,5 @@
+import sys
+
+from tpworker.cli import main
+
+sys.exit(main())
