@@ -40,13 +40,15 @@ class RunningWorker:
     def __init__(self, **env: str):
         from tpworker.engine import Engine
         from tpworker.startup import add_engine_args, plan_start
-        from tpworker.worker import Worker
+        from tpworker.worker import build_worker
 
         environ = {**os.environ, **ENGINE_ENV, **env}
         self.settings = load_settings(environ)
         self.plan = add_engine_args(self.settings, plan_start(self.settings))
         self.engine = Engine.start(self.plan.engine_args, self.plan.environment)
-        self.worker = Worker(self.engine, self.settings.worker)
+        args = self.plan.engine_args
+        self.worker = build_worker(self.engine, self.settings.worker, args["model"], args["served_model_name"],
+                                   self.plan.openai_options)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -65,7 +67,7 @@ class RunningWorker:
 
     def close(self) -> None:
         app._worker = None
-        self.engine.shutdown()
+        self.worker.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
@@ -76,3 +78,56 @@ def text_of(chunks: list[dict], choice: int = 0) -> str:
 
 def token_ids_of(chunks: list[dict], choice: int = 0) -> list[int]:
     return [entry["token_id"] for chunk in chunks for entry in chunk["choices"][choice]["logprobs"]]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DevEndpoint:
+    """`tpworker dev` in a subprocess, as a user runs it: RunPod's endpoint API on 127.0.0.1 with
+    the worker behind it on RunPod's production job loop."""
+
+    def __init__(self, log_path: Path, **env: str):
+        import subprocess
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tpworker", "dev", "--port", str(self.port)],
+            cwd=ROOT, env={**os.environ, **ENGINE_ENV, **env},
+            stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tpworker dev exited: {self.log()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).json()["workers"]["idle"] == 1:
+                    return
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"the worker did not come up: {self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(90)
+        except Exception:
+            self.process.kill()

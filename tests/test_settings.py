@@ -12,7 +12,7 @@ from tpworker.settings import SettingsError, WorkerSettings, load_settings, mask
 
 def problems(env: dict) -> list[str]:
     with pytest.raises(SettingsError) as caught:
-        load_settings(env).engine_args()
+        load_settings(env).vllm_args()
     return caught.value.problems
 
 
@@ -47,7 +47,7 @@ def test_engine_arguments_convert_as_vllm_serve_converts_them():
             "HF_OVERRIDES": '{"rope_theta": 1000}',
             "GPU_MEMORY_UTILIZATION": "0.5",
         }
-    ).engine_args()
+    ).vllm_args()
     assert args == {
         "max_model_len": 32000,
         "enforce_eager": False,
@@ -58,7 +58,7 @@ def test_engine_arguments_convert_as_vllm_serve_converts_them():
         "hf_overrides": {"rope_theta": 1000},
         "gpu_memory_utilization": 0.5,
     }
-    assert load_settings({"SERVED_MODEL_NAME": '["x", "y"]'}).engine_args()["served_model_name"] == ["x", "y"]
+    assert load_settings({"SERVED_MODEL_NAME": '["x", "y"]'}).vllm_args()["served_model_name"] == ["x", "y"]
 
 
 def test_bad_choices_booleans_and_json_each_name_their_variable():
@@ -106,3 +106,24 @@ def test_secrets_are_masked():
     assert masked("MODEL_NAME", "org/model") == "org/model"
     (line,) = problems({"MAX_CONCURRENCY": "x", "HF_TOKEN": "hf_secret"})
     assert "hf_secret" not in line
+
+
+def test_openai_frontend_options_and_worker_vllm_names_for_them():
+    options = load_settings({"CUSTOM_CHAT_TEMPLATE": "{{ messages }}", "OPENAI_RESPONSE_ROLE": "bot",
+                             "ENABLE_AUTO_TOOL_CHOICE": "true", "TOOL_CALL_PARSER": "hermes",
+                             "LORA_MODULES": '[{"name": "sql", "path": "/loras/sql"}]'}).vllm_args()
+    assert options["chat_template"] == "{{ messages }}" and options["response_role"] == "bot"
+    assert options["enable_auto_tool_choice"] is True and options["tool_call_parser"] == "hermes"
+    assert options["lora_modules"][0].name == "sql"
+    assert not vllm_bridge.is_engine_arg("tool_call_parser") and vllm_bridge.is_engine_arg("max_model_len")
+    with pytest.raises(SettingsError, match="CHAT_TEMPLATE='a' and CUSTOM_CHAT_TEMPLATE='b'"):
+        load_settings({"CHAT_TEMPLATE": "a", "CUSTOM_CHAT_TEMPLATE": "b"}).vllm_args()
+
+
+def test_combinations_vllm_serve_refuses_stop_the_worker_at_start():
+    (line,) = problems({"ENABLE_AUTO_TOOL_CHOICE": "true"})
+    assert "ENABLE_AUTO_TOOL_CHOICE requires TOOL_CALL_PARSER" in line
+    (line,) = problems({"TOOL_CALL_PARSER": "no-such-parser"})
+    assert "TOOL_CALL_PARSER='no-such-parser' is not a vLLM tool parser" in line and "hermes" in line
+    (line,) = problems({"REASONING_PARSER": "nope"})
+    assert "deepseek_r1" in line

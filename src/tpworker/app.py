@@ -93,14 +93,15 @@ def main(handler: Callable, handler_file: str) -> int:
         startup.run_preflight(settings, plan)
         log.info("Settings: %s", settings.shown())
         from tpworker.engine import Engine
-        from tpworker.worker import Worker
+        from tpworker.worker import build_worker
 
         engine = Engine.start(plan.engine_args, plan.environment)
     except StartRefused as e:
         for line in str(e).splitlines():
             log.error("Cannot start: %s", line)
         return 2
-    _worker = Worker(engine, settings.worker)
+    _worker = build_worker(engine, settings.worker, plan.engine_args["model"],
+                           plan.engine_args["served_model_name"], plan.openai_options)
     try:
         if local_job is not None:
             from tpworker.local_run import run_local_job
@@ -117,5 +118,5 @@ def main(handler: Callable, handler_file: str) -> int:
         )
         return 0
     finally:
-        engine.shutdown()
+        _worker.close()
 

@@ -33,6 +33,25 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from tpworker import devserver
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        handler = devserver.find_handler(args.handler)
+    except FileNotFoundError as e:
+        print(f"tpworker dev: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(devserver.serve(args.host, args.port, handler, restart=not args.no_restart))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="tpworker", description="RunPod serverless worker for vLLM with tensor parallelism.")
     commands = root.add_subparsers(dest="command", required=True)
@@ -54,6 +73,20 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--revision", help="hub revision")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(run=_plan)
+
+    dev = commands.add_parser(
+        "dev",
+        help="a local RunPod endpoint (/run, /runsync, /stream, /status, /cancel, /health, /openai/v1) "
+        "with the worker behind it on RunPod's real job loop",
+        description="Serve RunPod's endpoint API and the OpenAI-compatible routes on this machine, "
+        "running handler.py behind them with the RunPod SDK's production job loop. The worker reads "
+        "the same environment variables as on RunPod.",
+    )
+    dev.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    dev.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    dev.add_argument("--handler", help="the worker's handler.py (default: ./handler.py, else the repository's)")
+    dev.add_argument("--no-restart", action="store_true", help="do not start a new worker when it exits")
+    dev.set_defaults(run=_dev)
     return root
 
 

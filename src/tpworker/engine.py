@@ -66,8 +66,13 @@ class Engine:
         parallel = config.parallel_config
         return cls(llm, config.model_config.max_model_len, parallel.tensor_parallel_size, parallel.pipeline_parallel_size)
 
-    async def render_chat(self, messages: list[dict], chat_template: str | None) -> dict:
-        return await vllm_bridge.render_chat(self._llm, messages, chat_template, self.max_model_len)
+    @property
+    def llm(self):
+        """The AsyncLLM itself, for vLLM's OpenAI serving layer (vllm_bridge.OpenAIServer)."""
+        return self._llm
+
+    async def render_chat(self, messages: list[dict], chat_template: str | None, template_kwargs: dict) -> dict:
+        return await vllm_bridge.render_chat(self._llm, messages, chat_template, template_kwargs, self.max_model_len)
 
     async def render_text(self, prompt: str) -> dict:
         return await vllm_bridge.render_text(self._llm, prompt, self.max_model_len)

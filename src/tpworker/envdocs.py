@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from tpworker.settings import ALIASES, OTHER_VARIABLES, WorkerSettings, variable_name
+from tpworker.settings import ALIASES, OTHER_VARIABLES, VLLM_ALIASES, WorkerSettings, variable_name
 
 ROOT = Path(__file__).resolve().parents[2]
 START, END = "<!-- environment-table:start -->", "<!-- environment-table:end -->"
@@ -43,8 +43,12 @@ def worker_rows() -> list[tuple[str, str, str]]:
 def engine_rows() -> list[tuple[str, str, str]]:
     from tpworker import vllm_bridge
 
+    def names(name: str) -> str:
+        aliases = [a for a, field in VLLM_ALIASES.items() if field == name]
+        return " / ".join(f"`{v}`" for v in [variable_name(name), *aliases])
+
     return [
-        (f"`{variable_name(name)}`", _default(vllm_bridge.engine_arg_default(name)), vllm_bridge.engine_arg_help(name))
+        (names(name), _default(vllm_bridge.engine_arg_default(name)), vllm_bridge.engine_arg_help(name))
         for name in vllm_bridge.engine_arg_names()
     ]
 
@@ -71,11 +75,13 @@ def environment_md() -> str:
             "",
             readme_table(),
             "",
-            "## vLLM engine arguments",
+            "## vLLM engine arguments and OpenAI-frontend options",
             "",
-            "Each is the AsyncEngineArgs field in UPPER_SNAKE_CASE, converted as `vllm serve` converts the",
-            "same text (`--max-model-len 32k` is `MAX_MODEL_LEN=32k`; booleans take true/false/1/0/yes/no;",
-            "lists take a JSON array or space/comma separated values; configs take JSON).",
+            "Each is the option of `vllm serve` in UPPER_SNAKE_CASE (an AsyncEngineArgs field, or an option",
+            "of vLLM's OpenAI frontend such as CHAT_TEMPLATE or TOOL_CALL_PARSER), converted as `vllm serve`",
+            "converts the same text (`--max-model-len 32k` is `MAX_MODEL_LEN=32k`; booleans take",
+            "true/false/1/0/yes/no; lists take a JSON array or space/comma separated values; configs take JSON).",
+            "A second name after a slash is worker-vllm's name for the same option.",
             "",
             table(engine_rows()),
             "",

@@ -3,6 +3,8 @@
 Native form (RunPod worker-vllm's): {"prompt": str} or {"messages": [...]}, with optional
 "sampling_params" (vLLM SamplingParams fields), "stream", "apply_chat_template" and the
 stream-batching overrides "max_batch_size", "min_batch_size", "batch_size_growth_factor".
+OpenAI form (what RunPod's /openai/v1 gateway sends): {"openai_route": "/v1/chat/completions",
+"openai_input": {...the OpenAI request body...}}; the body itself is checked by vLLM.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
+OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models")
 
 
 class JobError(Exception):
@@ -169,8 +172,39 @@ def parse_native(job_input: Any, *, default_batching: BatchPolicy, max_n: int) -
     return NativeRequest(prompt, messages, sampling, native.stream, batching)
 
 
-def parse_job(job: Any, *, default_batching: BatchPolicy, max_n: int) -> NativeRequest:
+@dataclass(frozen=True)
+class OpenAIRequest:
+    route: str  # one of OPENAI_ROUTES
+    body: dict
+
+    @property
+    def stream(self) -> bool:
+        return self.body.get("stream") is True
+
+
+def parse_openai(job_input: dict) -> OpenAIRequest:
+    route, body = job_input.get("openai_route"), job_input.get("openai_input")
+    if not isinstance(route, str) or route.rstrip("/") not in OPENAI_ROUTES:
+        raise JobError(
+            f"Unknown openai_route {route!r}. Accepted: {', '.join(OPENAI_ROUTES)}.",
+            param="openai_route", type="NotFoundError", code=404,
+        )
+    route = route.rstrip("/")
+    if body is None and route == "/v1/models":
+        body = {}
+    if not isinstance(body, dict):
+        raise JobError("openai_input must be a JSON object: the OpenAI request body.", param="openai_input")
+    unknown = set(job_input) - {"openai_route", "openai_input"}
+    if unknown:
+        raise JobError(f"Unknown field '{sorted(unknown)[0]}' beside openai_route and openai_input.", param=sorted(unknown)[0])
+    return OpenAIRequest(route, body)
+
+
+def parse_job(job: Any, *, default_batching: BatchPolicy, max_n: int) -> NativeRequest | OpenAIRequest:
     """A RunPod job ({"id": ..., "input": {...}}) -> the request it asks for."""
     if not isinstance(job, dict) or "input" not in job:
         raise JobError("The job has no 'input'.", param="input")
-    return parse_native(job["input"], default_batching=default_batching, max_n=max_n)
+    job_input = job["input"]
+    if isinstance(job_input, dict) and ("openai_route" in job_input or "openai_input" in job_input):
+        return parse_openai(job_input)
+    return parse_native(job_input, default_batching=default_batching, max_n=max_n)

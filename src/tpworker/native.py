@@ -13,12 +13,22 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import dataclass, field
 
 from vllm.sampling_params import RequestOutputKind
 
 from tpworker import vllm_bridge
 from tpworker.engine import Engine
 from tpworker.jobs import BatchPolicy, JobError, NativeRequest
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """How messages become a prompt: the chat template (None: the model's own) and default
+    keyword arguments for it."""
+
+    template: str | None = None
+    template_kwargs: dict = field(default_factory=dict)
 
 
 class StreamBatcher:
@@ -86,11 +96,11 @@ def token_logprobs(token_ids, logprobs, k: int) -> list[dict]:
     return entries
 
 
-async def _engine_input(engine: Engine, request: NativeRequest, chat_template: str | None) -> dict:
+async def _engine_input(engine: Engine, request: NativeRequest, chat: ChatOptions) -> dict:
     field = "messages" if request.messages is not None else "prompt"
     try:
         if request.messages is not None:
-            return await engine.render_chat(request.messages, chat_template)
+            return await engine.render_chat(request.messages, chat.template, chat.template_kwargs)
         return await engine.render_text(request.prompt)
     except Exception as e:  # the template or the tokenizer refused the input
         if vllm_bridge.as_invalid_parameter(e) or isinstance(e, (ValueError, TypeError, KeyError)):
@@ -120,9 +130,9 @@ def _fit_max_tokens(request: NativeRequest, prompt_tokens: int, context: int, de
 
 
 async def generate(
-    engine: Engine, request: NativeRequest, *, chat_template: str | None, default_max_tokens: int, job_id: str
+    engine: Engine, request: NativeRequest, *, chat: ChatOptions, default_max_tokens: int, job_id: str
 ) -> AsyncIterator[dict]:
-    engine_input = await _engine_input(engine, request, chat_template)
+    engine_input = await _engine_input(engine, request, chat)
     prompt_tokens = len(vllm_bridge.prompt_token_ids(engine_input))
     _fit_max_tokens(request, prompt_tokens, engine.max_model_len, default_max_tokens)
     params = request.sampling_params

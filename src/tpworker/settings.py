@@ -5,7 +5,8 @@ Two kinds of variables:
   without importing vLLM, so that a bad plan is refused within seconds of start;
 - every other vLLM engine argument, named as its AsyncEngineArgs field in UPPER_SNAKE_CASE
   (MAX_MODEL_LEN, GPU_MEMORY_UTILIZATION, ENFORCE_EAGER, ...), converted exactly as `vllm serve`
-  converts the same text on its command line (`Settings.engine_args()`, which imports vLLM).
+  converts the same text on its command line (`Settings.vllm_args()`, which imports vLLM);
+  the options of vLLM's OpenAI frontend (CHAT_TEMPLATE, TOOL_CALL_PARSER, ...) likewise.
 A bad value raises SettingsError: one line per variable, naming it, its value, what is accepted.
 """
 
@@ -40,6 +41,11 @@ ALIASES = {
     "MODEL_REVISION": "revision",
     "TOKENIZER_NAME": "tokenizer",
 }  # (worker-vllm's TOKENIZER_REVISION is already vLLM's own name)
+# worker-vllm's names for options of vLLM's OpenAI frontend.
+VLLM_ALIASES = {
+    "CUSTOM_CHAT_TEMPLATE": "chat_template",
+    "OPENAI_RESPONSE_ROLE": "response_role",
+}
 
 
 class WorkerSettings(BaseModel):
@@ -75,8 +81,8 @@ class WorkerSettings(BaseModel):
         1024, ge=1, description="`max_tokens` of a native job that does not set it (cut to fit the context)."
     )
     max_n: int = Field(16, ge=1, description="Largest `n` (choices per job) accepted.")
-    custom_chat_template: str | None = Field(
-        None, description="A Jinja chat template used instead of the model's own."
+    raw_openai_output: bool = Field(
+        True, description="OpenAI streams yield SSE text (`data: {...}`); false: lists of parsed chunk objects."
     )
     openai_served_model_name_override: str | None = Field(
         None, description="The model name clients use (default: the model's name)."
@@ -89,6 +95,10 @@ class WorkerSettings(BaseModel):
 
 def variable_name(field_name: str) -> str:
     return field_name.upper()
+
+
+def _vllm_variables(name: str) -> list[str]:
+    return [variable_name(name)] + [a for a, field in VLLM_ALIASES.items() if field == name]
 
 
 def variables_for(field_name: str) -> list[str]:
@@ -182,7 +192,7 @@ class Settings:
     cache_dir: Path
     # Which variable set each WorkerSettings field (for messages that name it).
     sources: dict[str, str] = field(default_factory=dict)
-    # The variables that name engine arguments, as read at start (engine_args() converts them).
+    # The variables that name vLLM options, as read at start (vllm_args() converts them).
     _engine_environ: dict[str, str] = field(default_factory=dict, repr=False)
 
     def source_of(self, field_name: str) -> str:
@@ -196,22 +206,29 @@ class Settings:
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
         for name in vllm_bridge.engine_arg_names():
-            variable = variable_name(name)
-            text = self._engine_environ.get(variable, "")
-            if text == "":
+            given = [(v, self._engine_environ[v]) for v in _vllm_variables(name) if self._engine_environ.get(v, "") != ""]
+            if len({text for _, text in given}) > 1:
+                (a, x), (b, y) = given[:2]
+                problems.append(f"{a}={x!r} and {b}={y!r} are both set and differ. Set only one of them.")
                 continue
+            if not given:
+                continue
+            variable, text = given[0]
             try:
                 values[name] = vllm_bridge.parse_engine_arg(name, text)
                 sources[name] = variable
             except vllm_bridge.EngineArgValueError as e:
                 problems.append(_problem(variable, text, e.reason, e.accepted))
+        if not problems:  # checks across options, as `vllm serve` makes them before loading
+            problems += vllm_bridge.check_server_args(values)
         if problems:
             raise SettingsError(problems)
         return values, sources
 
-    def engine_args(self) -> dict[str, Any]:
-        """vLLM engine arguments set through the environment: field name -> converted value.
-        Imports vLLM (seconds). Raises SettingsError naming each bad variable."""
+    def vllm_args(self) -> dict[str, Any]:
+        """vLLM options set through the environment (engine arguments and OpenAI-frontend
+        options): name -> converted value. Imports vLLM (seconds). Raises SettingsError naming
+        each bad variable."""
         return dict(self._engine[0])
 
     def engine_variable(self, engine_arg: str) -> str | None:
@@ -229,14 +246,14 @@ class Settings:
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the worker's variables (no vLLM import). Engine arguments are read now
-    and converted by `Settings.engine_args()`. Raises SettingsError listing every problem."""
+    and converted by `Settings.vllm_args()`. Raises SettingsError listing every problem."""
     environ = os.environ if environ is None else environ
     problems: list[str] = []
     worker, sources = _read_worker_settings(environ, problems)
     if problems:
         raise SettingsError(problems)
     worker_variables = {v for name in WorkerSettings.model_fields for v in variables_for(name)}
-    # Which of these name engine arguments is known only once vLLM is imported (engine_args()).
+    # Which of these name vLLM options is known only once vLLM is imported (vllm_args()).
     engine_environ = {
         k: v for k, v in environ.items() if k.isupper() and k not in worker_variables and v != ""
     }

@@ -37,6 +37,8 @@ class StartPlan:
     parallel: ParallelPlan
     gpus: list[hardware.Gpu]
     engine_args: dict[str, Any] = field(default_factory=dict)
+    # Options of vLLM's OpenAI frontend (chat template, tool and reasoning parsers, ...).
+    openai_options: dict[str, Any] = field(default_factory=dict)
     # Variables vLLM's processes must see, set just before they spawn.
     environment: dict[str, str] = field(default_factory=dict)
 
@@ -104,7 +106,11 @@ def plan_start(settings: Settings) -> StartPlan:
 def add_engine_args(settings: Settings, plan: StartPlan) -> StartPlan:
     """The engine's arguments: the environment's (converted by vLLM's parser, so this imports
     vLLM; raises SettingsError), plus the model and layout decided by plan_start."""
-    plan.engine_args = engine_args(settings, plan)
+    from tpworker import vllm_bridge
+
+    options = settings.vllm_args()  # imports vLLM; raises SettingsError for bad values
+    plan.openai_options = {k: v for k, v in options.items() if not vllm_bridge.is_engine_arg(k)}
+    plan.engine_args = engine_args(settings, plan, {k: v for k, v in options.items() if vllm_bridge.is_engine_arg(k)})
     if not plan.gpus:
         plan.environment = cpu_environment(settings, plan.parallel)
     return plan
@@ -148,8 +154,8 @@ def run_preflight(settings: Settings, plan: StartPlan) -> None:
         log.warning(warning)
 
 
-def engine_args(settings: Settings, plan: StartPlan) -> dict[str, Any]:
-    args = settings.engine_args()  # imports vLLM; raises SettingsError for bad values
+def engine_args(settings: Settings, plan: StartPlan, args: dict[str, Any]) -> dict[str, Any]:
+    """The engine's arguments: the environment's, plus the model and the layout decided here."""
     worker = settings.worker
     args.update(
         model=plan.model.path_or_id,
@@ -159,8 +165,8 @@ def engine_args(settings: Settings, plan: StartPlan) -> dict[str, Any]:
     for name in ("revision", "tokenizer", "tokenizer_revision"):
         if getattr(worker, name):
             args[name] = getattr(worker, name)
-    if "served_model_name" not in args:
-        args["served_model_name"] = [plan.model.served_name]
+    if worker.openai_served_model_name_override or "served_model_name" not in args:
+        args["served_model_name"] = [plan.model.served_name]  # the override, else the model's name
     if not plan.gpus:
         args.update(cpu_defaults(settings, args))
     return args

@@ -30,6 +30,12 @@ NOT_FROM_ENVIRONMENT = frozenset(
         "tokenizer_revision",
         "tensor_parallel_size",
         "pipeline_parallel_size",
+        # Frontend options with no meaning inside a worker (no HTTP server, no scale-out endpoints).
+        "tokens_only",
+        "enable_scale_out",
+        "enable_server_load_tracking",
+        "enable_tokenizer_info_endpoint",
+        "sse_keep_alive_interval",
     }
 )
 
@@ -48,20 +54,45 @@ class EngineArgValueError(ValueError):
 
 @functools.cache
 def _parser() -> argparse.ArgumentParser:
+    """`vllm serve`'s own parser: every engine argument and every OpenAI-frontend option."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    return AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(exit_on_error=False))
+    parser = make_arg_parser(FlexibleArgumentParser(exit_on_error=False))
+
+    def refuse(message: str):  # some actions call parser.error(), which would print usage and exit
+        raise ValueError(message)
+
+    parser.error = refuse
+    return parser
+
+
+@functools.cache
+def _engine_fields() -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(AsyncEngineArgs))
+
+
+@functools.cache
+def _frontend_fields() -> frozenset[str]:
+    from vllm.entrypoints.launchers.cli_args import BaseFrontendArgs
+
+    return frozenset(f.name for f in dataclasses.fields(BaseFrontendArgs)) - _engine_fields()
 
 
 @functools.cache
 def _actions() -> dict[str, argparse.Action]:
-    """Engine argument field name -> the CLI action vLLM registers for it."""
-    fields = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    """Option name (engine or frontend field) -> the CLI action `vllm serve` registers for it."""
+    fields = _engine_fields() | _frontend_fields()
     return {
         a.dest: a
         for a in _parser()._actions
         if a.dest in fields and not a.dest.startswith("_") and a.dest not in NOT_FROM_ENVIRONMENT
     }
+
+
+def is_engine_arg(name: str) -> bool:
+    """An AsyncEngineArgs field (else an option of vLLM's OpenAI frontend)."""
+    return name in _engine_fields()
 
 
 @functools.cache
@@ -80,7 +111,7 @@ def _config_class_of() -> dict[str, type]:
 
 
 def engine_arg_names() -> list[str]:
-    """Every engine argument a user may set, as AsyncEngineArgs field names."""
+    """Every vLLM option a user may set: AsyncEngineArgs fields and OpenAI-frontend options."""
     return sorted(_actions())
 
 
@@ -93,6 +124,10 @@ def engine_arg_help(name: str) -> str:
     from vllm.config.utils import get_attr_docs
 
     cls = _config_class_of().get(name)
+    if cls is None and name in _frontend_fields():
+        from vllm.entrypoints.launchers.cli_args import BaseFrontendArgs
+
+        cls = BaseFrontendArgs
     docs = get_attr_docs(cls) if cls is not None else {}
     text = " ".join(docs.get(name, "").split())
     return text.split(". ")[0].rstrip(".") + "." if text else ""
@@ -158,7 +193,7 @@ def _split_list(text: str) -> list[str]:
 
     text = text.strip()
     if text.startswith("["):
-        return [str(v) for v in json.loads(text)]
+        return [json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in json.loads(text)]
     return [part for part in text.replace(",", " ").split() if part]
 
 
@@ -185,10 +220,12 @@ def parse_engine_arg(name: str, text: str) -> Any:
             value = _parse_bool(text)
         elif action.nargs == "?" and text.strip().lower() in TRUE_WORDS:
             value = action.const
-        elif action.nargs == "+":
-            value = _parser()._get_values(action, _split_list(text))
         else:
-            value = _parser()._get_values(action, [text])
+            strings = _split_list(text) if action.nargs in ("+", "*") else [text]
+            # Run the action itself: some (LoRA modules) turn the converted text into objects.
+            namespace = argparse.Namespace()
+            action(_parser(), namespace, _parser()._get_values(action, strings), action.option_strings[0])
+            value = getattr(namespace, action.dest)
     except (argparse.ArgumentError, argparse.ArgumentTypeError, ValueError, TypeError) as e:
         reason = e.message if isinstance(e, argparse.ArgumentError) else str(e)
         raise EngineArgValueError(_one_line(reason.replace("argument ", "", 1)), accepted) from None
@@ -223,11 +260,13 @@ def is_engine_dead(error: BaseException) -> bool:
     return isinstance(error, EngineDeadError)
 
 
-async def render_chat(llm, messages: list[dict], chat_template: str | None, max_model_len: int) -> dict:
+async def render_chat(llm, messages: list[dict], chat_template: str | None, template_kwargs: dict,
+                      max_model_len: int) -> dict:
     """Apply the chat template (the model's, or `chat_template`) and tokenize: the engine input."""
     from vllm.renderers.params import ChatParams, TokenizeParams
 
-    params = ChatParams(chat_template=chat_template, chat_template_kwargs={"add_generation_prompt": True})
+    params = ChatParams(chat_template=chat_template,
+                        chat_template_kwargs={**template_kwargs, "add_generation_prompt": True})
     tokenize = TokenizeParams(max_total_tokens=max_model_len, add_special_tokens=False)
     _, (engine_input,) = await llm.renderer.render_chat_async([messages], params, tokenize)
     return engine_input
@@ -294,3 +333,141 @@ def as_invalid_parameter(error: BaseException) -> InvalidParameter | None:
     if isinstance(error, VLLMValidationError):
         return InvalidParameter(str(error).split(" (parameter=")[0], getattr(error, "parameter", None))
     return None
+
+
+# --------------------------------------------------------------------------- the OpenAI frontend
+
+
+def _flags_to_variables(message: str) -> str:
+    """'--enable-auto-tool-choice requires --tool-call-parser' -> in our variables' names."""
+    return re.sub(r"--([a-z0-9-]+)", lambda m: m.group(1).replace("-", "_").upper(), message)
+
+
+def server_namespace(values: dict[str, Any]):
+    """The argument namespace `vllm serve` would have: its defaults, then `values`."""
+    namespace = _parser().parse_args([])
+    for name, value in values.items():
+        setattr(namespace, name, value)
+    return namespace
+
+
+def check_server_args(values: dict[str, Any]) -> list[str]:
+    """Problems `vllm serve` would refuse before loading (in our variables' names), plus parser
+    names it would only reject at the first request."""
+    from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
+    from vllm.reasoning import ReasoningParserManager
+    from vllm.tool_parsers import ToolParserManager
+
+    problems = []
+    try:
+        validate_parsed_serve_args(server_namespace(values))
+    except (TypeError, ValueError) as e:
+        problems.append(_flags_to_variables(str(e).removeprefix("Error: ")))
+    tool_parsers = sorted(ToolParserManager.list_registered())
+    if values.get("tool_call_parser") and not values.get("tool_parser_plugin"):
+        if values["tool_call_parser"] not in tool_parsers:
+            problems.append(
+                f"TOOL_CALL_PARSER={values['tool_call_parser']!r} is not a vLLM tool parser. "
+                f"Accepted: {', '.join(tool_parsers)} (or a name registered by TOOL_PARSER_PLUGIN)."
+            )
+    reasoning = sorted(ReasoningParserManager.list_registered())
+    if values.get("reasoning_parser") and not values.get("reasoning_parser_plugin"):
+        if values["reasoning_parser"] not in reasoning:
+            problems.append(
+                f"REASONING_PARSER={values['reasoning_parser']!r} is not a vLLM reasoning parser. "
+                f"Accepted: {', '.join(reasoning)}."
+            )
+    return problems
+
+
+def load_chat_template(template: str | None) -> str | None:
+    """A chat template given as a file path or as the template itself (vLLM's rule)."""
+    from vllm.renderers.chat_utils import load_chat_template as load
+
+    return load(template)
+
+
+class OpenAIServer:
+    """vLLM's own OpenAI serving objects (`vllm serve`'s, built by its init_app_state) on this
+    worker's engine: the same request validation, templates, tool and reasoning parsers, and
+    response objects as vLLM's server, without an HTTP hop."""
+
+    def __init__(self, state):
+        self._state = state
+
+    @classmethod
+    async def create(cls, llm, model: str, served_names: list[str], options: dict[str, Any]) -> OpenAIServer:
+        """Call inside the event loop that serves jobs (the engine binds to it)."""
+        from starlette.datastructures import State
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+
+        args = server_namespace(options)
+        args.model, args.served_model_name = model, served_names
+        # the engine's final structured-output settings (REASONING_PARSER ends up there)
+        args.structured_outputs_config = llm.vllm_config.structured_outputs_config
+        state = State()
+        await init_app_state(llm, state, args, supported_tasks=await llm.get_supported_tasks())
+        return cls(state)
+
+    @staticmethod
+    def _request_type(route: str):
+        if route == "/v1/chat/completions":
+            from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as request
+        elif route == "/v1/completions":
+            from vllm.entrypoints.openai.completion.protocol import CompletionRequest as request
+        else:
+            from vllm.entrypoints.openai.responses.protocol import ResponsesRequest as request
+        return request
+
+    async def call(self, route: str, body: dict):
+        """Run one OpenAI request. Returns ("json", dict, status) or ("sse", async iterator of
+        SSE strings, 200). Every failure comes back as OpenAI's error object with its status."""
+        from pydantic import ValidationError
+
+        try:
+            if route == "/v1/models":
+                models = await self._state.openai_serving_models.show_available_models()
+                return "json", models.model_dump(), 200
+            request = self._request_type(route).model_validate(body)
+            if route == "/v1/chat/completions":
+                result = await self._state.openai_serving_chat.create_chat_completion(request, None)
+            elif route == "/v1/completions":
+                result = await self._state.openai_serving_completion.create_completion(request, None)
+            else:
+                result = await self._state.openai_serving_responses.create_responses(request, None)
+        except ValidationError as e:
+            return "json", self.validation_error(e), 400
+        except Exception as e:  # vLLM raises some request errors instead of returning them
+            if is_engine_dead(e):
+                raise
+            error = self.error_from_exception(e)
+            return "json", error, error["error"]["code"]
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+        if isinstance(result, ErrorResponse):
+            return "json", result.model_dump(), result.error.code
+        if hasattr(result, "model_dump"):
+            return "json", result.model_dump(mode="json", by_alias=True), 200
+        if route == "/v1/responses":
+            from vllm.entrypoints.openai.responses.api_router import _convert_stream_to_sse_events
+
+            result = _convert_stream_to_sse_events(result)
+        return "sse", result, 200
+
+    @staticmethod
+    def error_from_exception(error: Exception) -> dict:
+        """vLLM's own mapping of an exception to OpenAI's error object (status, type, param)."""
+        from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+
+        return create_error_response(error).model_dump()
+
+    @staticmethod
+    def validation_error(error) -> dict:
+        """A request that does not parse, reported as vLLM's server reports it (400, the field)."""
+        from vllm.entrypoints.serve.exception_handling.handlers.validation import clean_loc_for_param
+        from vllm.entrypoints.serve.exception_handling.utils import sanitize_message
+
+        first = error.errors()[0]
+        param = clean_loc_for_param(tuple(first["loc"])) if first.get("loc") else None
+        message = f"{param}: {first['msg']}" if param else first["msg"]
+        return {"error": {"message": sanitize_message(message), "type": "BadRequestError", "param": param, "code": 400}}

@@ -9,7 +9,8 @@ from typing import Any
 
 from tpworker import native, vllm_bridge
 from tpworker.engine import Engine
-from tpworker.jobs import BatchPolicy, JobError, parse_job
+from tpworker.jobs import BatchPolicy, JobError, OpenAIRequest, parse_job
+from tpworker.openai_routes import OpenAIRoutes
 from tpworker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -25,28 +26,35 @@ def batch_policy(settings: WorkerSettings) -> BatchPolicy:
 
 
 class Worker:
-    def __init__(self, engine: Engine, settings: WorkerSettings):
+    def __init__(self, engine: Engine, settings: WorkerSettings, openai: OpenAIRoutes,
+                 chat: native.ChatOptions):
         self.engine = engine
         self.settings = settings
+        self.openai = openai
+        self.chat = chat
         self.default_batching = batch_policy(settings)
+
+    def close(self) -> None:
+        """Shut the engine down; the OpenAI serving objects hold it too, so drop them first."""
+        self.openai.close()
+        self.engine.shutdown()
 
     def concurrency(self, current: int = 0) -> int:
         """RunPod's concurrency_modifier: how many jobs this worker takes at once."""
         return self.settings.max_concurrency
 
-    async def handle(self, job: Any) -> AsyncIterator[dict]:
+    async def handle(self, job: Any) -> AsyncIterator:
         job_id = str(job.get("id", "job")) if isinstance(job, dict) else "job"
         try:
             if self.engine.dead:
                 raise JobError("The engine has stopped; this worker is restarting.", type="ServiceUnavailableError", code=503)
             request = parse_job(job, default_batching=self.default_batching, max_n=self.settings.max_n)
-            async for chunk in native.generate(
-                self.engine,
-                request,
-                chat_template=self.settings.custom_chat_template,
-                default_max_tokens=self.settings.default_max_tokens,
-                job_id=job_id,
-            ):
+            if isinstance(request, OpenAIRequest):
+                outputs = self.openai.run(request)
+            else:
+                outputs = native.generate(self.engine, request, chat=self.chat,
+                                          default_max_tokens=self.settings.default_max_tokens, job_id=job_id)
+            async for chunk in outputs:
                 yield chunk
         except JobError as e:
             log.info("Job %s refused: %s", job_id, e.message)
@@ -58,3 +66,15 @@ class Worker:
                 return
             log.exception("Job %s failed", job_id)
             yield JobError(f"Internal error: {type(e).__name__}: {e}", type="InternalServerError", code=500).to_output()
+
+
+def build_worker(engine: Engine, settings: WorkerSettings, model: str, served_names: list[str],
+                 openai_options: dict) -> Worker:
+    """The worker handler.py runs: native jobs and OpenAI routes over one engine, sharing the
+    chat template options (CHAT_TEMPLATE / CUSTOM_CHAT_TEMPLATE, DEFAULT_CHAT_TEMPLATE_KWARGS)."""
+    openai = OpenAIRoutes(engine, model, served_names, openai_options, batch_policy(settings), settings.raw_openai_output)
+    chat = native.ChatOptions(
+        template=vllm_bridge.load_chat_template(openai_options.get("chat_template")),
+        template_kwargs=dict(openai_options.get("default_chat_template_kwargs") or {}),
+    )
+    return Worker(engine, settings, openai, chat)

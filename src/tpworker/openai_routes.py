@@ -1,0 +1,81 @@
+"""OpenAI-form jobs on the worker's engine, through vLLM's own OpenAI serving layer.
+
+Non-streaming: one yield, the response object. Streaming: yields of whole SSE events
+(`data: {...}\\n\\n`), batched like native streams (few events first, then more per yield),
+the last one ending with `data: [DONE]\\n\\n` (chat and completions; the Responses API streams
+typed events without it, as vLLM's server does). Errors: OpenAI's error object, with its status
+in `code`, as the job's one output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from tpworker import vllm_bridge
+from tpworker.engine import Engine
+from tpworker.jobs import BatchPolicy, JobError, OpenAIRequest
+
+
+class OpenAIRoutes:
+    def __init__(self, engine: Engine, model: str, served_names: list[str], options: dict,
+                 batching: BatchPolicy, raw_output: bool = True):
+        self.engine = engine
+        self.model, self.served_names, self.options = model, served_names, options
+        self.batching = batching
+        self.raw_output = raw_output
+        self._server: vllm_bridge.OpenAIServer | None = None
+        self._creating = asyncio.Lock()
+
+    async def server(self) -> vllm_bridge.OpenAIServer:
+        """Built on first use, inside the event loop that serves jobs (vLLM binds to it)."""
+        async with self._creating:
+            if self._server is None:
+                self._server = await vllm_bridge.OpenAIServer.create(
+                    self.engine.llm, self.model, self.served_names, self.options
+                )
+        return self._server
+
+    def close(self) -> None:
+        self._server = None
+
+    async def run(self, request: OpenAIRequest) -> AsyncIterator:
+        server = await self.server()
+        kind, payload, status = await server.call(request.route, request.body)
+        if kind == "json":
+            if status >= 400:
+                error = payload["error"]
+                raise JobError(error["message"], param=error.get("param"), type=error.get("type", "BadRequestError"),
+                               code=error.get("code", status))
+            yield payload
+            return
+        async with aclosing(payload) as events:
+            async for batch in self._batched(events):
+                yield batch
+
+    async def _batched(self, events: AsyncIterator[str]) -> AsyncIterator:
+        """Whole SSE events, grouped: `min_size` events in the first yield, growing by the
+        factor up to `max_size` (RunPod posts every yield before the worker goes on)."""
+        size, pending, count = self.batching.min_size, [], 0
+        async for text in events:
+            pending.append(text)
+            count += text.count("\n\n")
+            if count >= size:
+                yield self._shape(pending)
+                pending, count = [], 0
+                size = min(size * self.batching.growth_factor, self.batching.max_size)
+        if pending:
+            yield self._shape(pending)
+
+    def _shape(self, texts: list[str]):
+        if self.raw_output:
+            return "".join(texts)
+        # RAW_OPENAI_OUTPUT=false (worker-vllm's option): the chunk objects, without [DONE]
+        return [
+            json.loads(line[len("data: "):])
+            for text in texts
+            for line in text.split("\n")
+            if line.startswith("data: ") and line != "data: [DONE]"
+        ]
