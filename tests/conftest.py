@@ -125,9 +125,66 @@ class DevEndpoint:
     def log(self) -> str:
         return self.log_path.read_text()
 
+    def run(self, job_input) -> str:
+        import httpx
+
+        import json
+
+        # json.dumps's defaults (unlike httpx's json=): NaN and escaped lone surrogates go out as
+        # a client may send them, for the worker to judge.
+        body = json.dumps({"input": job_input})
+        return httpx.post(f"{self.url}/run", content=body, headers={"content-type": "application/json"},
+                          timeout=30).json()["id"]
+
+    def status(self, job_id: str) -> dict:
+        import httpx
+
+        return httpx.get(f"{self.url}/status/{job_id}", timeout=30).json()
+
+    def wait_status(self, job_id: str, wanted=("COMPLETED", "FAILED", "CANCELLED"), seconds: float = 120) -> dict:
+        """The job's status once it is one of `wanted` (or the last seen, after `seconds`)."""
+        import time
+
+        deadline = time.monotonic() + seconds
+        while True:
+            status = self.status(job_id)
+            if status["status"] in wanted or time.monotonic() > deadline:
+                return status
+            time.sleep(0.1)
+
+    def worker_process(self):
+        """The `python handler.py` process the dev server runs now (psutil.Process)."""
+        import psutil
+
+        for child in psutil.Process(self.process.pid).children():
+            if any(part.endswith("handler.py") for part in child.cmdline()):
+                return child
+        raise LookupError("no worker process")
+
     def close(self) -> None:
         self.process.terminate()
         try:
             self.process.wait(90)
         except Exception:
             self.process.kill()
+
+
+# ---- the reliability summary printed at the end of a run (faults, bad inputs, load)
+
+RELIABILITY: dict[str, list] = {"faults": [], "bad_inputs": [], "load": []}
+
+
+def pytest_terminal_summary(terminalreporter):
+    faults, bad, load = RELIABILITY["faults"], RELIABILITY["bad_inputs"], RELIABILITY["load"]
+    if not (faults or bad or load):
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("reliability")
+    if faults:
+        survived = sum(1 for _, ok in faults if ok)
+        write(f"faults injected: {len(faults)}, survived: {survived} ({', '.join(name for name, _ in faults)})")
+    if bad:
+        refused = sum(1 for _, ok in bad if ok)
+        write(f"bad inputs tried: {len(bad)}, refused with a clear error: {refused}")
+    for completed, lost, duplicated in load:
+        write(f"jobs under load: {completed} completed, {lost} lost, {duplicated} duplicated")

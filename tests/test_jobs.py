@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tpworker.jobs import BatchPolicy, JobError, parse_job
+from tpworker.jobs import BatchPolicy, JobError, Limits, parse_job
 from tpworker.native import StreamBatcher
 
 DEFAULT = BatchPolicy(max_size=50, min_size=1, growth_factor=3)
 
 
 def parse(job_input, max_n=16):
-    return parse_job({"id": "j", "input": job_input}, default_batching=DEFAULT, max_n=max_n)
+    return parse_job({"id": "j", "input": job_input}, default_batching=DEFAULT, limits=Limits(max_n=max_n))
 
 
 def test_a_prompt_with_apply_chat_template_becomes_a_user_message():
@@ -41,7 +41,7 @@ def test_internal_sampling_fields_are_not_accepted():
 
 def test_a_job_without_input():
     with pytest.raises(JobError, match="no 'input'"):
-        parse_job({"id": "j"}, default_batching=DEFAULT, max_n=1)
+        parse_job({"id": "j"}, default_batching=DEFAULT, limits=Limits(max_n=1))
 
 
 def chunk_sizes(policy: BatchPolicy, tokens: int) -> list[int]:

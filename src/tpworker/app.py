@@ -32,8 +32,31 @@ def current_worker():
     return _worker
 
 
+class RedactSecrets(logging.Filter):
+    """Replaces the value of any secret variable (HF_TOKEN, RUNPOD_AI_API_KEY, ...) in a log line
+    with ***: a last line of defence should a library put one in a message."""
+
+    def __init__(self, secrets: list[str]):
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            if any(secret in message for secret in self.secrets):
+                for secret in self.secrets:
+                    message = message.replace(secret, "***")
+                record.msg, record.args = message, None
+        return True
+
+
 def configure_logging() -> None:
+    from tpworker.settings import secret_values
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact = RedactSecrets(secret_values())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redact)
 
 
 def _local_job(argv: list[str], handler_dir: Path, on_runpod: bool) -> dict | None:
@@ -66,10 +89,10 @@ def _local_job(argv: list[str], handler_dir: Path, on_runpod: bool) -> dict | No
 def _refusal(job: dict, settings) -> dict | None:
     """The error output the handler would give this job before generating, if any."""
     from tpworker.jobs import JobError, parse_job
-    from tpworker.worker import batch_policy
+    from tpworker.worker import batch_policy, limits
 
     try:
-        parse_job(job, default_batching=batch_policy(settings.worker), max_n=settings.worker.max_n)
+        parse_job(job, default_batching=batch_policy(settings.worker), limits=limits(settings.worker))
     except JobError as e:
         return e.to_output()
     return None
@@ -102,6 +125,10 @@ def main(handler: Callable, handler_file: str) -> int:
         return 2
     _worker = build_worker(engine, settings.worker, plan.engine_args["model"],
                            plan.engine_args["served_model_name"], plan.openai_options)
+    from tpworker.watchdog import Watchdog
+
+    watchdog = Watchdog(engine, _worker, settings.worker.engine_stall_timeout)
+    watchdog.start()
     try:
         if local_job is not None:
             from tpworker.local_run import run_local_job
@@ -116,7 +143,9 @@ def main(handler: Callable, handler_file: str) -> int:
                 "return_aggregate_stream": True,
             }
         )
+        log.info("The job loop has stopped; shutting down.")
         return 0
     finally:
+        watchdog.stop()  # the engine's processes are about to exit on purpose
         _worker.close()
 

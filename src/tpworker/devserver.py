@@ -219,8 +219,8 @@ def _router(endpoint: DevEndpoint, worker_running) -> APIRouter:
     async def submitted(request: Request) -> Job | JSONResponse:
         try:
             body = await request.json()
-        except ValueError:
-            return JSONResponse({"error": "The request body is not JSON."}, status_code=400)
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's parser goes
+            return JSONResponse({"error": "The request body is not JSON (or is nested too deeply)."}, status_code=400)
         if not isinstance(body, dict) or "input" not in body:
             return JSONResponse({"error": "The request needs an 'input'."}, status_code=400)
         if body.get("webhook"):
@@ -301,10 +301,10 @@ def _router(endpoint: DevEndpoint, worker_running) -> APIRouter:
         async def call(request: Request, route: str = route):
             try:
                 body = await request.json()
-            except ValueError:
+            except (ValueError, RecursionError):
                 body = None
             if not isinstance(body, dict):
-                return JSONResponse({"error": {"message": "The request body must be a JSON object.",
+                return JSONResponse({"error": {"message": "The request body must be a JSON object (valid UTF-8 JSON).",
                                                "type": "BadRequestError", "param": None, "code": 400}}, status_code=400)
             return await openai(route, body)
 
@@ -335,15 +335,21 @@ def _worker_router(endpoint: DevEndpoint) -> APIRouter:
     """What RunPod's job loop in the worker talks to (the RUNPOD_WEBHOOK_* URLs)."""
     api = APIRouter(prefix="/worker")
 
+    def jobs_json(data) -> Response:
+        # Inputs pass to the worker as the client sent them: json.dumps's defaults escape lone
+        # surrogates and keep NaN (which FastAPI's own response encoder refuses), so that the
+        # worker, not the dev server, is what judges them.
+        return Response(json.dumps(data), media_type="application/json")
+
     @api.get("/job-take/{worker_id}")
     async def take_one(worker_id: str):
         jobs = await endpoint.take(1)
-        return {"id": jobs[0].id, "input": jobs[0].input} if jobs else Response(status_code=204)
+        return jobs_json({"id": jobs[0].id, "input": jobs[0].input}) if jobs else Response(status_code=204)
 
     @api.get("/job-take-batch/{worker_id}")
     async def take_batch(worker_id: str, batch_size: int = 1):
         jobs = await endpoint.take(batch_size)
-        return [{"id": j.id, "input": j.input} for j in jobs] if jobs else Response(status_code=204)
+        return jobs_json([{"id": j.id, "input": j.input} for j in jobs]) if jobs else Response(status_code=204)
 
     @api.get("/job-stop/{worker_id}")
     async def stops(worker_id: str):

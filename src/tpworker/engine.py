@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import psutil
 from vllm import AsyncEngineArgs, SamplingParams
 
 from tpworker import vllm_bridge
@@ -36,12 +38,38 @@ def _environment(variables: Mapping[str, str]):
                 os.environ[name] = value
 
 
+class _Steps:
+    """When the engine core last reported a step (read by the watchdog's thread)."""
+
+    def __init__(self):
+        self.last = time.monotonic()
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+
+def _engine_processes() -> dict[psutil.Process, str]:
+    """vLLM's processes under this one, with their names: the engine core and, with TP/PP > 1 on
+    one node, a process per rank (vLLM names them VLLM::EngineCore, VLLM::Worker_TP0, ...)."""
+    found = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if (name := child.name()).startswith("VLLM::"):
+                found[child] = name
+        except psutil.Error:
+            pass
+    return found
+
+
 class Engine:
-    def __init__(self, llm, max_model_len: int, tensor_parallel_size: int, pipeline_parallel_size: int):
+    def __init__(self, llm, max_model_len: int, tensor_parallel_size: int, pipeline_parallel_size: int,
+                 steps: _Steps | None = None):
         self._llm = llm
         self.max_model_len = max_model_len
         self.tensor_parallel_size = tensor_parallel_size
         self.pipeline_parallel_size = pipeline_parallel_size
+        self._steps = steps or _Steps()
+        self.processes = _engine_processes()
 
     @classmethod
     def start(cls, engine_args: Mapping[str, Any], environment: Mapping[str, str] | None = None) -> Engine:
@@ -54,9 +82,10 @@ class Engine:
             config = vllm_bridge.create_engine_config(args)
         except Exception as e:  # vLLM raises ValueError, pydantic errors, OSError, ...
             raise EngineStartError(f"vLLM refused the engine configuration: {' '.join(str(e).split())}") from e
+        steps = _Steps()
         try:
             with _environment(environment or {}):
-                llm = vllm_bridge.start_async_llm(config, args)
+                llm = vllm_bridge.start_async_llm(config, args, on_engine_step=steps.touch)
         except Exception as e:
             raise EngineStartError(
                 f"vLLM could not start the engine ({' '.join(str(e).split())}); "
@@ -64,7 +93,8 @@ class Engine:
             ) from e
         log.info("vLLM engine ready in %.1f s", time.perf_counter() - began)
         parallel = config.parallel_config
-        return cls(llm, config.model_config.max_model_len, parallel.tensor_parallel_size, parallel.pipeline_parallel_size)
+        return cls(llm, config.model_config.max_model_len, parallel.tensor_parallel_size,
+                   parallel.pipeline_parallel_size, steps)
 
     @property
     def llm(self):
@@ -91,6 +121,36 @@ class Engine:
     @property
     def dead(self) -> bool:
         return self._llm is None or self._llm.errored
+
+    # ---- health, read by the watchdog from its own thread
+
+    def lost_processes(self) -> list[str]:
+        """vLLM processes started with the engine that have since exited: '<name> (pid N)'."""
+        lost = []
+        for process, name in self.processes.items():
+            try:
+                gone = not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                gone = True
+            if gone:
+                lost.append(f"{name} (pid {process.pid})")
+        return lost
+
+    def seconds_without_progress(self) -> float:
+        """How long requests have been in flight with no engine step; 0 when idle."""
+        if self._llm is None or self.unfinished_requests() == 0:
+            self._steps.touch()  # an idle engine is not stalled; the clock starts with the next request
+            return 0.0
+        return time.monotonic() - self._steps.last
+
+    def kill_processes(self) -> None:
+        """SIGKILL vLLM's processes (the engine core and every rank): for an engine that is dead or
+        hung, where a clean shutdown would wait on it."""
+        for process in {*self.processes, *_engine_processes()}:  # those started since, too
+            try:
+                process.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
 
     def shutdown(self) -> None:
         """Stop the engine core and every rank. Idempotent."""

@@ -9,6 +9,7 @@ OpenAI form (what RunPod's /openai/v1 gateway sends): {"openai_route": "/v1/chat
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -55,6 +56,57 @@ class NativeInput(BaseModel):
         if messages is not None and not messages:
             raise ValueError("must hold at least one message")
         return messages
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one job may ask for (MAX_N, MAX_OUTPUT_TOKENS, MAX_PROMPT_TOKENS, MAX_REQUEST_BYTES)."""
+
+    max_n: int = 16
+    max_output_tokens: int | None = None
+    max_prompt_tokens: int | None = None
+    max_request_bytes: int = 10 * 1024 * 1024
+
+
+MAX_NESTING = 64
+INT64 = 2**63
+
+
+def check_json_values(value: Any, path: str = "input", depth: int = 0) -> None:
+    """Refuse what JSON parsers let through but no field here can use: NaN and infinities (vLLM's
+    range checks pass NaN), integers beyond 64 bits (they cannot reach the engine), lone UTF-16
+    surrogates (they cannot be encoded for the tokenizer), and absurd nesting."""
+    if depth > MAX_NESTING:
+        raise JobError(f"{path}: nested more than {MAX_NESTING} levels deep.", param=path)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise JobError(f"{path}: {value} is not a finite number.", param=path)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not -INT64 <= value < INT64:
+            raise JobError(f"{path}: {value} is out of range (a 64-bit integer is accepted).", param=path)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise JobError(f"{path}: the text holds invalid Unicode (a lone surrogate).", param=path) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_json_values(key, path, depth + 1)
+            check_json_values(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_json_values(item, f"{path}[{index}]", depth + 1)
+
+
+def check_size(job_input: Any, limit: int) -> None:
+    try:
+        size = len(json.dumps(job_input, ensure_ascii=False, allow_nan=True).encode("utf-8", "surrogatepass"))
+    except (TypeError, ValueError, RecursionError):
+        return  # not plain JSON: the field checks say what is wrong
+    if size > limit:
+        raise JobError(
+            f"input is {size:,} bytes, above this worker's limit of {limit:,} (MAX_REQUEST_BYTES).", param="input"
+        )
 
 
 @dataclass(frozen=True)
@@ -113,7 +165,7 @@ def _first_error(e: ValidationError, prefix: str = "", errors: list | None = Non
     return JobError(f"{path}: {'; or '.join(dict.fromkeys(reasons))}.", param=path)
 
 
-def _sampling_params(raw: dict[str, Any], max_n: int):
+def _sampling_params(raw: dict[str, Any], limits: Limits):
     """vLLM SamplingParams from a job's dict: unknown names refused, types and ranges checked by
     vLLM's own validation, `n` limited by MAX_N."""
     from tpworker import vllm_bridge
@@ -135,14 +187,21 @@ def _sampling_params(raw: dict[str, Any], max_n: int):
     except vllm_bridge.InvalidParameter as e:  # vLLM's range checks
         param = f"sampling_params.{e.parameter}" if e.parameter else "sampling_params"
         raise JobError(f"{param}: {e}", param=param) from None
-    if params.n > max_n:
-        raise JobError(f"sampling_params.n: {params.n} is above this worker's limit of {max_n} (MAX_N).", param="sampling_params.n")
+    if params.n > limits.max_n:
+        raise JobError(f"sampling_params.n: {params.n} is above this worker's limit of {limits.max_n} (MAX_N).",
+                       param="sampling_params.n")
+    cap = limits.max_output_tokens
+    if cap is not None and raw.get("max_tokens") is not None and params.max_tokens > cap:
+        raise JobError(
+            f"sampling_params.max_tokens: {params.max_tokens} is above this worker's limit of "
+            f"{cap} (MAX_OUTPUT_TOKENS).", param="sampling_params.max_tokens",
+        )
     if "max_tokens" not in raw:
         params.max_tokens = None  # the worker fills in its default once the prompt length is known
     return params
 
 
-def parse_native(job_input: Any, *, default_batching: BatchPolicy, max_n: int) -> NativeRequest:
+def parse_native(job_input: Any, *, default_batching: BatchPolicy, limits: Limits) -> NativeRequest:
     if not isinstance(job_input, dict):
         raise JobError(
             f"input must be a JSON object with 'prompt' or 'messages', not {type(job_input).__name__}.",
@@ -157,7 +216,7 @@ def parse_native(job_input: Any, *, default_batching: BatchPolicy, max_n: int) -
             "Give exactly one of 'prompt' (a string) or 'messages' (a list of chat messages).",
             param="prompt" if native.prompt is None else "messages",
         )
-    sampling = _sampling_params(native.sampling_params, max_n)
+    sampling = _sampling_params(native.sampling_params, limits)
     messages = [m.model_dump(exclude_none=True) for m in native.messages] if native.messages else None
     prompt = native.prompt
     if native.apply_chat_template and prompt is not None:
@@ -182,7 +241,30 @@ class OpenAIRequest:
         return self.body.get("stream") is True
 
 
-def parse_openai(job_input: dict) -> OpenAIRequest:
+# OpenAI body fields bounded by the worker's limits (the rest vLLM checks itself).
+OPENAI_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def _check_openai_body(route: str, body: dict, limits: Limits) -> None:
+    """What this worker refuses beyond vLLM's own checks: its limits, and (as OpenAI's API does)
+    chat roles it does not know, which vLLM would pass to the template as they are."""
+    messages = body.get("messages") if route == "/v1/chat/completions" else None
+    for index, message in enumerate(messages if isinstance(messages, list) else []):
+        role = message.get("role") if isinstance(message, dict) else None
+        if isinstance(role, str) and role not in ROLES:
+            raise JobError(f"messages[{index}].role: unknown role {role!r}. Accepted roles: {', '.join(ROLES)}.",
+                           param=f"messages[{index}].role")
+    n = body.get("n")
+    if isinstance(n, int) and n > limits.max_n:
+        raise JobError(f"n: {n} is above this worker's limit of {limits.max_n} (MAX_N).", param="n")
+    cap = limits.max_output_tokens
+    for name in OPENAI_OUTPUT_FIELDS:
+        value = body.get(name)
+        if cap is not None and isinstance(value, int) and value > cap:
+            raise JobError(f"{name}: {value} is above this worker's limit of {cap} (MAX_OUTPUT_TOKENS).", param=name)
+
+
+def parse_openai(job_input: dict, limits: Limits | None = None) -> OpenAIRequest:
     route, body = job_input.get("openai_route"), job_input.get("openai_input")
     if not isinstance(route, str) or route.rstrip("/") not in OPENAI_ROUTES:
         raise JobError(
@@ -197,14 +279,17 @@ def parse_openai(job_input: dict) -> OpenAIRequest:
     unknown = set(job_input) - {"openai_route", "openai_input"}
     if unknown:
         raise JobError(f"Unknown field '{sorted(unknown)[0]}' beside openai_route and openai_input.", param=sorted(unknown)[0])
+    _check_openai_body(route, body, limits or Limits())
     return OpenAIRequest(route, body)
 
 
-def parse_job(job: Any, *, default_batching: BatchPolicy, max_n: int) -> NativeRequest | OpenAIRequest:
+def parse_job(job: Any, *, default_batching: BatchPolicy, limits: Limits) -> NativeRequest | OpenAIRequest:
     """A RunPod job ({"id": ..., "input": {...}}) -> the request it asks for."""
     if not isinstance(job, dict) or "input" not in job:
         raise JobError("The job has no 'input'.", param="input")
     job_input = job["input"]
+    check_size(job_input, limits.max_request_bytes)
+    check_json_values(job_input)
     if isinstance(job_input, dict) and ("openai_route" in job_input or "openai_input" in job_input):
-        return parse_openai(job_input)
-    return parse_native(job_input, default_batching=default_batching, max_n=max_n)
+        return parse_openai(job_input, limits)
+    return parse_native(job_input, default_batching=default_batching, limits=limits)

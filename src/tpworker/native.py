@@ -19,7 +19,7 @@ from vllm.sampling_params import RequestOutputKind
 
 from tpworker import vllm_bridge
 from tpworker.engine import Engine
-from tpworker.jobs import BatchPolicy, JobError, NativeRequest
+from tpworker.jobs import BatchPolicy, JobError, Limits, NativeRequest
 
 
 @dataclass(frozen=True)
@@ -130,10 +130,19 @@ def _fit_max_tokens(request: NativeRequest, prompt_tokens: int, context: int, de
 
 
 async def generate(
-    engine: Engine, request: NativeRequest, *, chat: ChatOptions, default_max_tokens: int, job_id: str
+    engine: Engine, request: NativeRequest, *, chat: ChatOptions, default_max_tokens: int, job_id: str,
+    limits: Limits | None = None,
 ) -> AsyncIterator[dict]:
     engine_input = await _engine_input(engine, request, chat)
     prompt_tokens = len(vllm_bridge.prompt_token_ids(engine_input))
+    if limits and limits.max_prompt_tokens is not None and prompt_tokens > limits.max_prompt_tokens:
+        field = "messages" if request.messages is not None else "prompt"
+        raise JobError(
+            f"{field}: the prompt is {prompt_tokens} tokens, above this worker's limit of "
+            f"{limits.max_prompt_tokens} (MAX_PROMPT_TOKENS).", param=field,
+        )
+    if limits and limits.max_output_tokens is not None:  # a default max_tokens stays under the limit
+        default_max_tokens = min(default_max_tokens, limits.max_output_tokens)
     _fit_max_tokens(request, prompt_tokens, engine.max_model_len, default_max_tokens)
     params = request.sampling_params
     params.output_kind = RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY
@@ -158,7 +167,10 @@ async def generate(
     except Exception as e:
         if invalid := vllm_bridge.as_invalid_parameter(e):  # e.g. logprobs above MAX_LOGPROBS
             param = f"sampling_params.{invalid.parameter}" if invalid.parameter else None
-            raise JobError(" ".join(str(invalid).split()), param=param) from None
+            if param is None and params.structured_outputs is not None and "rammar" in str(invalid):
+                param = "sampling_params.structured_outputs"  # a schema or grammar that does not compile
+            message = " ".join(str(invalid).split())
+            raise JobError(f"{param}: {message}" if param else message, param=param) from None
         raise
     if not request.stream:
         batcher.tokens = [["".join(pieces)] for pieces in batcher.tokens]

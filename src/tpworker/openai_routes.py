@@ -16,13 +16,26 @@ from contextlib import aclosing
 
 from tpworker import vllm_bridge
 from tpworker.engine import Engine
-from tpworker.jobs import BatchPolicy, JobError, OpenAIRequest
+from tpworker.jobs import BatchPolicy, JobError, Limits, OpenAIRequest
+
+
+def _located(message: str, param: str | None, body: dict) -> tuple[str, str | None]:
+    """vLLM's error message in this worker's terms: its command-line flags as our variables
+    (--trust-request-chat-template -> TRUST_REQUEST_CHAT_TEMPLATE), and a grammar that does not
+    compile attributed to the field that carried it."""
+    message = vllm_bridge.flags_to_variables(message)
+    if param is None and message.startswith("Grammar error"):
+        param = next((f for f in ("response_format", "structured_outputs", "guided_json") if f in body), None)
+        if param:
+            message = f"{param}: {message}"
+    return message, param
 
 
 class OpenAIRoutes:
     def __init__(self, engine: Engine, model: str, served_names: list[str], options: dict,
-                 batching: BatchPolicy, raw_output: bool = True):
+                 batching: BatchPolicy, raw_output: bool = True, limits: Limits | None = None):
         self.engine = engine
+        self.limits = limits or Limits()
         self.model, self.served_names, self.options = model, served_names, options
         self.batching = batching
         self.raw_output = raw_output
@@ -33,8 +46,9 @@ class OpenAIRoutes:
         """Built on first use, inside the event loop that serves jobs (vLLM binds to it)."""
         async with self._creating:
             if self._server is None:
+                limits = vllm_bridge.RequestLimits(self.limits.max_prompt_tokens, self.limits.max_output_tokens)
                 self._server = await vllm_bridge.OpenAIServer.create(
-                    self.engine.llm, self.model, self.served_names, self.options
+                    self.engine.llm, self.model, self.served_names, self.options, limits
                 )
         return self._server
 
@@ -47,7 +61,8 @@ class OpenAIRoutes:
         if kind == "json":
             if status >= 400:
                 error = payload["error"]
-                raise JobError(error["message"], param=error.get("param"), type=error.get("type", "BadRequestError"),
+                message, param = _located(error["message"], error.get("param"), request.body)
+                raise JobError(message, param=param, type=error.get("type", "BadRequestError"),
                                code=error.get("code", status))
             yield payload
             return

@@ -1,15 +1,23 @@
 """The worker: one engine, many jobs. Every job ends with its outputs or exactly one error output;
-no exception or traceback reaches RunPod, and the worker keeps serving."""
+no exception or traceback reaches RunPod, and the worker keeps serving.
+
+The worker also knows which jobs are in flight, so that it can end them all with an error when the
+engine fails (the watchdog) or when a SIGTERM's grace period runs out (`shutdown`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 from tpworker import native, vllm_bridge
 from tpworker.engine import Engine
-from tpworker.jobs import BatchPolicy, JobError, OpenAIRequest, parse_job
+from tpworker.jobs import BatchPolicy, JobError, Limits, OpenAIRequest, parse_job
 from tpworker.openai_routes import OpenAIRoutes
 from tpworker.settings import WorkerSettings
 
@@ -25,6 +33,42 @@ def batch_policy(settings: WorkerSettings) -> BatchPolicy:
     )
 
 
+def limits(settings: WorkerSettings) -> Limits:
+    return Limits(
+        max_n=settings.max_n,
+        max_output_tokens=settings.max_output_tokens,
+        max_prompt_tokens=settings.max_prompt_tokens,
+        max_request_bytes=settings.max_request_bytes,
+    )
+
+
+def _service_unavailable(message: str) -> JobError:
+    return JobError(message, type="ServiceUnavailableError", code=503)
+
+
+async def _until_stopped(outputs: AsyncIterator, stop: asyncio.Future) -> AsyncIterator:
+    """`outputs`, until `stop` gets an exception: then the pending step is cancelled (which aborts
+    the engine request) and that exception is raised. Cancelling the job does the same."""
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(outputs))
+            try:
+                await asyncio.wait((step, stop), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not step.done():
+                    step.cancel()
+                    await asyncio.gather(step, return_exceptions=True)
+            if step.cancelled():
+                raise stop.exception()
+            try:
+                value = step.result()
+            except StopAsyncIteration:
+                return
+            yield value
+    finally:
+        await outputs.aclose()
+
+
 class Worker:
     def __init__(self, engine: Engine, settings: WorkerSettings, openai: OpenAIRoutes,
                  chat: native.ChatOptions):
@@ -33,6 +77,12 @@ class Worker:
         self.openai = openai
         self.chat = chat
         self.default_batching = batch_policy(settings)
+        self.limits = limits(settings)
+        self._in_flight: dict[int, asyncio.Future] = {}  # one stop future per running job
+        self._ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._refusal: JobError | None = None  # set once the worker takes no more jobs
+        self._shutdown_hooked = False
 
     def close(self) -> None:
         """Shut the engine down; the OpenAI serving objects hold it too, so drop them first."""
@@ -40,21 +90,76 @@ class Worker:
         self.engine.shutdown()
 
     def concurrency(self, current: int = 0) -> int:
-        """RunPod's concurrency_modifier: how many jobs this worker takes at once."""
+        """RunPod's concurrency_modifier: how many jobs this worker takes at once. The job loop
+        calls it first thing, after installing its own SIGTERM handler: chain ours onto it there."""
+        if not self._shutdown_hooked:
+            self._shutdown_hooked = True
+            self._loop = asyncio.get_running_loop()
+            self._hook_sigterm()
         return self.settings.max_concurrency
+
+    # ---------------------------------------------------------------- failure and shutdown
+
+    def jobs_in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def stop_jobs(self, error: JobError) -> None:
+        """End every in-flight job with `error`, and refuse new ones with it. Any thread."""
+        self._refusal = error
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._fail_in_flight, error)
+
+    def _fail_in_flight(self, error: JobError) -> None:
+        for stop in self._in_flight.values():
+            if not stop.done():
+                stop.set_exception(error)
+
+    def engine_failed(self, reason: str) -> None:
+        self.stop_jobs(_service_unavailable(reason))
+
+    def _hook_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers belong to the main thread (tests run jobs elsewhere)
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum, frame):
+            if callable(previous):
+                previous(signum, frame)  # RunPod's: stop taking jobs, drain the ones taken
+            self.shutdown()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def shutdown(self) -> None:
+        """SIGTERM: jobs already taken get SHUTDOWN_GRACE_SECONDS to finish; then those still
+        running end with an error, so that the job loop can drain and the process exit 0."""
+        grace = self.settings.shutdown_grace_seconds
+        log.warning("SIGTERM: finishing %d in-flight job(s) within %g s.", self.jobs_in_flight(), grace)
+        error = _service_unavailable(
+            f"The worker was stopped and this job did not finish within its {grace:g} s grace period "
+            f"(SHUTDOWN_GRACE_SECONDS). Retry the request."
+        )
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.call_later, grace, self.stop_jobs, error)
+
+    # ---------------------------------------------------------------- jobs
 
     async def handle(self, job: Any) -> AsyncIterator:
         job_id = str(job.get("id", "job")) if isinstance(job, dict) else "job"
+        self._loop = self._loop or asyncio.get_running_loop()
+        key, stop = next(self._ids), self._loop.create_future()
+        self._in_flight[key] = stop
         try:
+            if self._refusal is not None:
+                raise self._refusal
             if self.engine.dead:
-                raise JobError("The engine has stopped; this worker is restarting.", type="ServiceUnavailableError", code=503)
-            request = parse_job(job, default_batching=self.default_batching, max_n=self.settings.max_n)
+                raise _service_unavailable("The engine has stopped; this worker is restarting.")
+            request = parse_job(job, default_batching=self.default_batching, limits=self.limits)
             if isinstance(request, OpenAIRequest):
                 outputs = self.openai.run(request)
             else:
-                outputs = native.generate(self.engine, request, chat=self.chat,
+                outputs = native.generate(self.engine, request, chat=self.chat, limits=self.limits,
                                           default_max_tokens=self.settings.default_max_tokens, job_id=job_id)
-            async for chunk in outputs:
+            async for chunk in _until_stopped(outputs, stop):
                 yield chunk
         except JobError as e:
             log.info("Job %s refused: %s", job_id, e.message)
@@ -62,17 +167,24 @@ class Worker:
         except Exception as e:  # anything else is our fault or the engine's, never the caller's
             if vllm_bridge.is_engine_dead(e):
                 log.error("Job %s failed: the engine died.", job_id)
-                yield JobError("The engine has stopped; this worker is restarting.", type="ServiceUnavailableError", code=503).to_output()
+                yield _service_unavailable("The engine has stopped; this worker is restarting.").to_output()
                 return
             log.exception("Job %s failed", job_id)
             yield JobError(f"Internal error: {type(e).__name__}: {e}", type="InternalServerError", code=500).to_output()
+        finally:
+            del self._in_flight[key]
+            if not stop.done():
+                stop.cancel()
+            elif not stop.cancelled():
+                stop.exception()  # retrieved, so asyncio does not warn about it
 
 
 def build_worker(engine: Engine, settings: WorkerSettings, model: str, served_names: list[str],
                  openai_options: dict) -> Worker:
     """The worker handler.py runs: native jobs and OpenAI routes over one engine, sharing the
     chat template options (CHAT_TEMPLATE / CUSTOM_CHAT_TEMPLATE, DEFAULT_CHAT_TEMPLATE_KWARGS)."""
-    openai = OpenAIRoutes(engine, model, served_names, openai_options, batch_policy(settings), settings.raw_openai_output)
+    openai = OpenAIRoutes(engine, model, served_names, openai_options, batch_policy(settings),
+                          settings.raw_openai_output, limits(settings))
     chat = native.ChatOptions(
         template=vllm_bridge.load_chat_template(openai_options.get("chat_template")),
         template_kwargs=dict(openai_options.get("default_chat_template_kwargs") or {}),

@@ -1,0 +1,136 @@
+"""Bad input through `tpworker dev`: every malformed job (tests/bad_inputs.py, native and OpenAI
+forms) gets one error naming what is wrong, none crashes or hangs the worker, and a valid job still
+gets the right answer afterwards. The same run has HF_TOKEN and RUNPOD_AI_API_KEY set, and
+nothing the worker printed or answered contains either."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from bad_inputs import CASES, LIMITS, MEDIUM_TEXT
+from conftest import RELIABILITY, DevEndpoint
+
+pytestmark = pytest.mark.engine
+
+HF_TOKEN = "hf_tpworkerTestSecretValue123456"
+API_KEY = "rpa_tpworkerTestApiKey7890ABCDEF"
+VALID = {"prompt": "The capital of France is", "sampling_params": {"max_tokens": 6, "temperature": 0}}
+
+
+@pytest.fixture(scope="module")
+def dev(models, tmp_path_factory):
+    endpoint = DevEndpoint(tmp_path_factory.mktemp("bad") / "dev.log", MAX_CONCURRENCY="16",
+                           HF_TOKEN=HF_TOKEN, RUNPOD_AI_API_KEY=API_KEY, **LIMITS)
+    yield endpoint
+    endpoint.close()
+
+
+def exits(dev: DevEndpoint) -> list[str]:
+    return re.findall(r"The worker exited with status (-?\d+)", dev.log())
+
+
+def test_the_corpus_is_large_enough():
+    assert len(CASES) >= 60
+    assert len({name for name, _, _ in CASES}) == len(CASES)
+
+
+def test_every_bad_job_gets_one_clear_error_and_the_worker_keeps_serving(dev):
+    worker = dev.worker_process()
+    ids = {name: dev.run(job) for name, job, _ in CASES}
+    problems = []
+    for name, _, expected in CASES:
+        status = dev.wait_status(ids[name], seconds=120)
+        error = status.get("error", "")
+        ok = status["status"] == "FAILED" and "output" not in status and all(part in error for part in expected)
+        RELIABILITY["bad_inputs"].append((name, ok))
+        if not ok:
+            problems.append(f"{name}: expected an error with {expected}, got {status}")
+    assert not problems, "\n".join(problems)
+    assert "Traceback" not in dev.log() and "Internal error" not in dev.log()
+    assert exits(dev) == [] and dev.worker_process().pid == worker.pid  # the same worker, never restarted
+    done = dev.wait_status(dev.run(VALID))
+    assert done["status"] == "COMPLETED" and "Paris" in "".join(done["output"][0]["choices"][0]["tokens"])
+
+
+RAW_BODIES = [
+    ("body is not JSON", b'{"model": "x", "messages": [', "JSON"),
+    ("body is invalid UTF-8", b'{"model": "x", "messages": "\xff\xfe"}', "JSON"),
+    ("body nested 100000 deep", b'{"a": ' * 100_000 + b"1" + b"}" * 100_000, "JSON"),
+    ("body is a list", b"[1, 2]", "JSON object|input"),
+]
+
+
+@pytest.mark.parametrize("name,body,expected", RAW_BODIES, ids=[r[0] for r in RAW_BODIES])
+def test_bodies_that_are_not_json_objects_get_a_400(dev, name, body, expected):
+    for path in ("/openai/v1/chat/completions", "/run"):
+        answer = httpx.post(dev.url + path, content=body, headers={"content-type": "application/json"}, timeout=30)
+        assert answer.status_code == 400, (path, answer.text)
+        assert any(part in answer.text for part in expected.split("|")), (path, answer.text)
+    RELIABILITY["bad_inputs"].append((name, True))
+
+
+def test_openai_errors_over_http_carry_their_status(dev):
+    """The OpenAI route answers a bad request with OpenAI's error object and its HTTP status."""
+    from openai import BadRequestError, NotFoundError, OpenAI
+
+    client = OpenAI(base_url=f"{dev.url}/openai/v1", api_key="x", max_retries=0)
+    with pytest.raises(BadRequestError) as refused:
+        client.chat.completions.create(model="SmolLM2-135M-Instruct", max_tokens=4,
+                                       messages=[{"role": "user", "content": MEDIUM_TEXT}])
+    assert "MAX_PROMPT_TOKENS" in str(refused.value)
+    with pytest.raises(BadRequestError) as refused:
+        client.chat.completions.create(model="SmolLM2-135M-Instruct", max_tokens=4, n=9,
+                                       messages=[{"role": "user", "content": "Hi"}])
+    assert "MAX_N" in str(refused.value)
+    with pytest.raises(NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "Hi"}])
+    RELIABILITY["bad_inputs"].extend([("openai http: prompt limit", True), ("openai http: n limit", True),
+                                      ("openai http: unknown model", True)])
+
+
+# Property: whatever values a job's sampling parameters hold, the worker answers with either a
+# complete output or exactly one error, and keeps serving.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+PARAM_NAMES = ["temperature", "top_p", "top_k", "max_tokens", "n", "stop", "seed", "logprobs",
+               "presence_penalty", "min_tokens", "ignore_eos", "unknown_param"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@example(params={"max_tokens": None}, stream=False, use_messages=False)  # found by hypothesis: was a 500
+@given(params=st.dictionaries(st.sampled_from(PARAM_NAMES), json_values, max_size=3),
+       stream=st.booleans(), use_messages=st.booleans())
+def test_any_sampling_params_give_an_output_or_one_error(dev, params, stream, use_messages):
+    params = {**params, "max_tokens": params.get("max_tokens", 4)}
+    job = {"sampling_params": params, "stream": stream}
+    job.update({"messages": [{"role": "user", "content": "Hi"}]} if use_messages else {"prompt": "Hi"})
+    answer = httpx.post(f"{dev.url}/runsync", content=json.dumps({"input": job}),  # NaN goes out as NaN
+                        headers={"content-type": "application/json"}, timeout=300).json()
+    assert answer["status"] in ("COMPLETED", "FAILED"), answer
+    if answer["status"] == "FAILED":
+        error = answer["error"]
+        assert "message" in error and "Internal error" not in error, answer
+        # the error names a field of the job
+        assert any(name in error for name in [*PARAM_NAMES, "sampling_params", "max_tokens", "prompt"]), answer
+    else:
+        assert answer["output"] and all("choices" in chunk for chunk in answer["output"]), answer
+
+
+def test_secrets_never_appear_in_logs_or_outputs(dev):
+    """Runs last in this module: everything the worker printed and answered in it is checked."""
+    statuses = [dev.wait_status(dev.run(job)) for job in (VALID, {"prompt": 5}, {"prompt": "Hi", "promt": 1})]
+    printed = dev.log()
+    answered = json.dumps(statuses)
+    for secret in (HF_TOKEN, API_KEY):
+        assert secret not in printed and secret not in answered
+        assert secret[4:20] not in printed  # not even in part
+    assert re.search(r"HF_TOKEN'?: '\*\*\*'", printed) and re.search(r"RUNPOD_AI_API_KEY'?: '\*\*\*'", printed)
