@@ -13,13 +13,18 @@ PYTEST_ARGS ?=
 # (--retries 0), finding the wheel in any local wheel folder pip is configured with.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: run test env model clean-env
+.PHONY: run test lint env model clean-env
 
 run: env model
 	TENSOR_PARALLEL_SIZE=$(TP) $(PY) handler.py
 
 test: env model
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# hadolint (Dockerfile), actionlint (workflows), shellcheck (build scripts) and the image's other
+# checks; `make test` runs them too (tests/test_image_files.py, tests/test_runpod_hub.py).
+lint: env
+	$(PY) -m pytest -q tests/test_image_files.py tests/test_runpod_hub.py
 
 env: $(VENV)/.installed
 

@@ -1,7 +1,8 @@
 """The environment-variable reference, generated from the settings so that it cannot drift.
 
-`python -m tpworker.envdocs --write` rewrites the table in README.md and docs/ENVIRONMENT.md;
-`--check` (what the tests run) fails when either is stale."""
+`python -m tpworker.envdocs --write` rewrites the table in README.md, docs/ENVIRONMENT.md and the
+RunPod Hub listing .runpod/hub.json (runpodhub.py); without it (what the tests run) it fails when
+any of them is stale."""
 
 from __future__ import annotations
 
@@ -97,14 +98,16 @@ def with_table(readme: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite README.md and docs/ENVIRONMENT.md")
+    parser.add_argument("--write", action="store_true", help="rewrite README.md, docs/ENVIRONMENT.md and .runpod/hub.json")
     args = parser.parse_args(argv)
     readme_path, env_path = ROOT / "README.md", ROOT / "docs" / "ENVIRONMENT.md"
     readme = readme_path.read_text()
-    wanted = {readme_path: with_table(readme), env_path: environment_md()}
+    from tpworker import runpodhub
+
+    wanted = {readme_path: with_table(readme), env_path: environment_md(), runpodhub.HUB_JSON: runpodhub.render()}
     if args.write:
-        env_path.parent.mkdir(exist_ok=True)
         for path, text in wanted.items():
+            path.parent.mkdir(exist_ok=True)
             path.write_text(text)
         return 0
     stale = [str(p.relative_to(ROOT)) for p, text in wanted.items() if not p.is_file() or p.read_text() != text]

@@ -10,10 +10,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from tpworker import default_model, hardware
+from tpworker import default_model, hardware, resolve
 from tpworker.errors import StartRefused
 from tpworker.modelinfo import ModelFacts, read_model_config
-from tpworker.parallel import ParallelPlan, plan_parallelism
+from tpworker.parallel import ClusterShape, ParallelPlan, plan_parallelism
 from tpworker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,11 +23,8 @@ class StartError(StartRefused):
     """The worker cannot start; the message says what to change."""
 
 
-@dataclass(frozen=True)
-class ModelChoice:
-    path_or_id: str
-    served_name: str
-    why: str
+# The model to serve: a folder (or a hub id to download), its served name, and why (resolve.py).
+ModelChoice = resolve.Located
 
 
 @dataclass
@@ -44,14 +41,15 @@ class StartPlan:
 
 
 def choose_model(settings: Settings, gpus: list[hardware.Gpu]) -> ModelChoice:
-    model = settings.worker.model
-    if model:
-        served = settings.worker.openai_served_model_name_override or model
-        return ModelChoice(model, served, f"{settings.source_of('model')} is set")
+    # The baked manifest, a folder, the network volume's cache, or a hub id (resolve.py's order).
+    located = resolve.locate(settings)
+    if located is not None:
+        return located
     if gpus:
         raise StartError(
-            "MODEL_NAME is not set. Set it to a Hugging Face model id (e.g. meta-llama/Meta-Llama-3-70B-Instruct) "
-            "or to a folder holding the model."
+            "MODEL_NAME is not set and no model is baked into the image (no manifest at "
+            f"{settings.worker.model_manifest}). Set it to a Hugging Face model id "
+            "(e.g. meta-llama/Meta-Llama-3-70B-Instruct) or to a folder holding the model."
         )
     try:
         _, padded = default_model.ensure_built(settings.cache_dir / "models")
@@ -77,9 +75,11 @@ def model_facts(settings: Settings, model: ModelChoice) -> ModelFacts:
         ) from e
 
 
-def plan_start(settings: Settings) -> StartPlan:
+def plan_start(settings: Settings, cluster: ClusterShape | None = None) -> StartPlan:
     """The model and the parallel layout, checked without importing vLLM (a bad plan is refused
-    within seconds). Raises StartError / PlanError. Then `add_engine_args` completes the plan."""
+    within seconds). Raises StartError / PlanError. Then `add_engine_args` completes the plan.
+    With DISTRIBUTED_EXECUTOR_BACKEND=ray the layout is checked against the Ray cluster: `cluster`
+    when given (the shape `tpworker cluster head` expects), else the live one at RAY_ADDRESS."""
     gpus = hardware.visible_gpus(settings.cuda_visible_devices)
     model = choose_model(settings, gpus)
     log.info("Model: %s", model.why)
@@ -91,16 +91,40 @@ def plan_start(settings: Settings) -> StartPlan:
         None if requested == "auto" else requested,
         settings.worker.pipeline_parallel_size,
         tp_variable=settings.source_of("tensor_parallel_size"),
+        backend=settings.worker.distributed_executor_backend,
+        cluster=ray_cluster(settings, cluster),
+        layer_partition=settings.pp_layer_partition,
     )
     log.info(
-        "Parallelism: TP=%d x PP=%d, because %s.",
+        "Parallelism: TP=%d x PP=%d%s, because %s.",
         parallel.tensor_parallel_size,
         parallel.pipeline_parallel_size,
+        " on Ray" if parallel.backend == "ray" else "",
         parallel.reason,
     )
+    if parallel.pipeline_parallel_size > 1:
+        log.info("Layers per pipeline stage: %s.", ", ".join(map(str, parallel.layers_per_stage)))
     if parallel.warning:
         log.warning(parallel.warning)
-    return StartPlan(model, facts, parallel, gpus)
+    if model.download:  # only now: a plan that cannot work is refused before a long download
+        model = resolve.download(settings, model)
+        log.info("Model: %s", model.why)
+    environment = {"HF_HUB_OFFLINE": "1"} if model.offline else {}
+    if model.offline:
+        log.info("Everything the model needs is local: vLLM runs with HF_HUB_OFFLINE=1.")
+    return StartPlan(model, facts, parallel, gpus, environment=environment)
+
+
+def ray_cluster(settings: Settings, given: ClusterShape | None) -> ClusterShape | None:
+    """The Ray cluster's shape when the ranks run on Ray (read from the live cluster unless given)."""
+    if settings.worker.distributed_executor_backend != "ray" or given is not None:
+        return given
+    from tpworker import raystate
+
+    shape = raystate.cluster_shape(settings.ray_address)
+    log.info("Ray cluster at %s: %d node(s), GPUs %s, CPUs %s.", shape.address, shape.nodes,
+             "+".join(map(str, shape.gpus)), "+".join(map(str, shape.cpus)))
+    return shape
 
 
 def add_engine_args(settings: Settings, plan: StartPlan) -> StartPlan:
@@ -109,10 +133,12 @@ def add_engine_args(settings: Settings, plan: StartPlan) -> StartPlan:
     from tpworker import vllm_bridge
 
     options = settings.vllm_args()  # imports vLLM; raises SettingsError for bad values
+    if plan.parallel.backend == "ray" and (reason := vllm_bridge.ray_unsupported_reason()):
+        raise StartError(f"DISTRIBUTED_EXECUTOR_BACKEND=ray: {reason}. Use DISTRIBUTED_EXECUTOR_BACKEND=mp here.")
     plan.openai_options = {k: v for k, v in options.items() if not vllm_bridge.is_engine_arg(k)}
     plan.engine_args = engine_args(settings, plan, {k: v for k, v in options.items() if vllm_bridge.is_engine_arg(k)})
     if not plan.gpus:
-        plan.environment = cpu_environment(settings, plan.parallel)
+        plan.environment.update(cpu_environment(settings, plan.parallel))
     return plan
 
 
@@ -144,7 +170,7 @@ def run_preflight(settings: Settings, plan: StartPlan) -> None:
         utilization=args.get("gpu_memory_utilization") or vllm_bridge.engine_arg_default("gpu_memory_utilization"),
         max_model_len=max_model_len,
         max_concurrency=settings.worker.max_concurrency,
-        gpu_count=len(plan.gpus),
+        gpu_count=parallel.cluster.total_gpus if parallel.cluster else len(plan.gpus),
     )
     links = hardware.gpu_links(settings.cuda_visible_devices, parallel.tensor_parallel_size)
     wiring = preflight.interconnect_findings(parallel.tensor_parallel_size, links, hardware.shm_bytes())
@@ -162,9 +188,16 @@ def engine_args(settings: Settings, plan: StartPlan, args: dict[str, Any]) -> di
         tensor_parallel_size=plan.parallel.tensor_parallel_size,
         pipeline_parallel_size=plan.parallel.pipeline_parallel_size,
     )
+    if plan.parallel.backend:
+        args["distributed_executor_backend"] = plan.parallel.backend
     for name in ("revision", "tokenizer", "tokenizer_revision"):
         if getattr(worker, name):
             args[name] = getattr(worker, name)
+    if plan.model.tokenizer:  # baked beside the model: a folder, so no hub revision
+        args["tokenizer"] = plan.model.tokenizer
+        args.pop("tokenizer_revision", None)
+    if plan.model.path_or_id != worker.model:  # resolved to a local copy of that revision
+        args.pop("revision", None)
     if worker.openai_served_model_name_override or "served_model_name" not in args:
         args["served_model_name"] = [plan.model.served_name]  # the override, else the model's name
     if not plan.gpus:
@@ -178,7 +211,9 @@ CPU_KV_CACHE_BYTES = 2 * 1024**3
 def cpu_defaults(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:
     """Engine arguments that suit vLLM's CPU build, where the user has not chosen."""
     defaults: dict[str, Any] = {}
-    if "enforce_eager" not in args:
+    if args.get("pipeline_parallel_size", 1) > 1:
+        defaults.update(cpu_pipeline_defaults(args))
+    elif "enforce_eager" not in args:
         # vLLM's compiled mode gave wrong answers on CPU (see NOTES.md) and starts ~4x slower.
         defaults["enforce_eager"] = True
         log.info("No GPU: running vLLM in eager mode (set ENFORCE_EAGER=false to compile).")
@@ -191,6 +226,26 @@ def cpu_defaults(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:
             CPU_KV_CACHE_BYTES // 1024**3,
         )
     return defaults
+
+
+def cpu_pipeline_defaults(args: dict[str, Any]) -> dict[str, Any]:
+    """PP on CPU: vLLM 0.32's CPU runner allocates the buffer for the activations a stage receives
+    from the previous one only in its warm-up pass, which eager mode skips, so the first request
+    fails (AssertionError in sync_and_gather_intermediate_tensors). Tracing the model once with
+    torch's eager backend runs that pass and computes what eager mode does (no inductor kernels:
+    those gave wrong answers on CPU), as tests/test_pipeline_parallel.py checks against TP=1."""
+    from tpworker import vllm_bridge
+
+    if args.get("enforce_eager"):
+        raise StartError(
+            "PIPELINE_PARALLEL_SIZE>1 cannot run in eager mode on vLLM's CPU build (its pipeline stages after the "
+            "first never allocate their input buffer without a warm-up pass). Unset ENFORCE_EAGER."
+        )
+    if "enforce_eager" in args or "compilation_config" in args:
+        return {}  # the user chose how to compile
+    log.info("No GPU, %d pipeline stages: tracing the model once, run by torch's eager backend.",
+             args["pipeline_parallel_size"])
+    return {"compilation_config": vllm_bridge.trace_once_eager_compilation()}
 
 
 def cpu_environment(settings: Settings, parallel: ParallelPlan) -> dict[str, str]:
