@@ -150,3 +150,13 @@ def cpu_threads_binding(ranks: int, cpus: list[int]) -> str | None:
         return "nobind"
     share = len(cpus) // ranks
     return "|".join(_ranges(cpus[r * share : (r + 1) * share]) for r in range(ranks))
+
+
+def network_interface(ip: str) -> str | None:
+    """The name of the network interface that holds `ip` (None if none here does)."""
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == ip for a in addresses):
+            return name
+    return None

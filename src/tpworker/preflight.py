@@ -108,10 +108,17 @@ def interconnect_findings(tp: int, links: list[Link], shm: int | None) -> Findin
             f"Peer-to-peer access is unavailable between GPUs {', '.join(f'{l.a}-{l.b}' for l in no_p2p[:6])}: "
             f"NCCL goes through host memory. Check the host's IOMMU/ACS settings, or use another machine."
         )
-    if shm is not None and shm < MIN_SHM_BYTES:
-        found.warnings.append(
-            f"/dev/shm is {shm / 2**20:.0f} MiB; NCCL needs more between {tp} ranks and may fail with a bus "
-            f"error. Raise it: docker run --shm-size=16g (or --ipc=host); in Kubernetes mount an emptyDir "
-            f"with medium: Memory at /dev/shm."
-        )
+    if warning := shm_warning(shm, f"{tp} ranks"):
+        found.warnings.append(warning)
     return found
+
+
+def shm_warning(shm: int | None, between: str) -> str | None:
+    """A warning when /dev/shm is too small for NCCL (and Ray's object store), else None."""
+    if shm is None or shm >= MIN_SHM_BYTES:
+        return None
+    return (
+        f"/dev/shm is {shm / 2**20:.0f} MiB; NCCL needs more between {between} and may fail with a bus "
+        f"error. Raise it: docker run --shm-size=16g (or --ipc=host); in Kubernetes mount an emptyDir "
+        f"with medium: Memory at /dev/shm."
+    )
