@@ -18,6 +18,7 @@ def _plan(args: argparse.Namespace) -> int:
         report = planner.build_report(
             args.model,
             gpus=count,
+            nodes=args.nodes,
             gpu_memory_gib=memory,
             max_model_len=args.max_model_len,
             gpu_memory_utilization=args.gpu_memory_utilization,
@@ -30,6 +31,38 @@ def _plan(args: argparse.Namespace) -> int:
         print(f"tpworker plan: cannot read {args.model!r}: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report.as_json(), indent=2) if args.json else planner.render_text(report))
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from tpworker import download, manifest
+    from tpworker.settings import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Default: the model beside the manifest the worker reads (MODEL_MANIFEST, /models/...).
+    if args.manifest:
+        manifest_file = Path(args.manifest)
+    elif args.dest:
+        manifest_file = Path(args.dest) / manifest.FILE_NAME
+    else:
+        manifest_file = Path(load_settings().worker.model_manifest)
+    dest = Path(args.dest) if args.dest else manifest_file.parent
+    try:
+        result = download.download_model(
+            # Empty values (unset build arguments) mean "not given".
+            args.model, dest, revision=args.revision or None, tokenizer=args.tokenizer or None,
+            tokenizer_revision=args.tokenizer_revision or None, served_name=args.served_name or None,
+            manifest_file=manifest_file,
+        )
+    except download.DownloadError as e:
+        print(f"tpworker download: {e}", file=sys.stderr)
+        return 2
+    print(f"Weights verified: {download.gib(result.weight_bytes)} in {result.path}")
+    print(f"Valid TP sizes for this model: {', '.join(map(str, result.valid_tp_sizes))}")
+    print(f"Manifest: {manifest_file} (serves {result.model} at commit {result.commit[:12]} as {result.served_name!r})")
     return 0
 
 
@@ -52,6 +85,12 @@ def _dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from tpworker.bench import run
+
+    return run.main(args)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="tpworker", description="RunPod serverless worker for vLLM with tensor parallelism.")
     commands = root.add_subparsers(dest="command", required=True)
@@ -63,7 +102,9 @@ def parser() -> argparse.ArgumentParser:
         "tokens of KV cache fit, and which size to use. No GPU or weights needed.",
     )
     plan.add_argument("model", help="a local model folder, a config.json file, or a Hugging Face repo id (online)")
-    plan.add_argument("--gpus", type=int, help="GPUs available (default: the visible ones, else 8)")
+    plan.add_argument("--gpus", type=int, help="GPUs available, per node with --nodes (default: the visible ones, else 8)")
+    plan.add_argument("--nodes", type=int, default=1, help="nodes of --gpus GPUs each: plans TP within a node x "
+                      "PP across nodes, on Ray (default 1)")
     plan.add_argument("--gpu-memory", type=float, metavar="GiB", help="memory of each GPU (default: the visible GPUs', else 80)")
     plan.add_argument("--max-model-len", type=int, metavar="L", help="tokens per request (default: the model's context)")
     plan.add_argument("--max-concurrency", type=int, default=30, help="requests served at once (default 30)")
@@ -73,6 +114,24 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--revision", help="hub revision")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(run=_plan)
+
+    fetch = commands.add_parser(
+        "download",
+        help="fetch a model from the Hugging Face hub for the worker (the image build runs it)",
+        description="Download MODEL's config, tokenizer, chat template, generation config and weights (safetensors, "
+        "else .bin; nothing else) at a pinned revision, resuming an interrupted download; verify the weights; print "
+        "the tensor-parallel sizes the model allows; and write the manifest the worker reads at start. "
+        "HF_TOKEN gives access to gated and private models.",
+    )
+    fetch.add_argument("model", help="Hugging Face repo id, e.g. meta-llama/Meta-Llama-3-8B-Instruct")
+    fetch.add_argument("--revision", help="branch, tag or commit (default: the default branch; the commit is recorded)")
+    fetch.add_argument("--tokenizer", help="a separate tokenizer repo id, if not the model's")
+    fetch.add_argument("--tokenizer-revision", help="the tokenizer's branch, tag or commit")
+    fetch.add_argument("--served-name", help="the model name clients use (default: MODEL)")
+    fetch.add_argument("--dest", help="folder the model goes into a subfolder of (default: the manifest's folder)")
+    fetch.add_argument("--manifest", help="manifest file to write (default: DEST/tpworker-manifest.json, "
+                       "else MODEL_MANIFEST, /models/tpworker-manifest.json)")
+    fetch.set_defaults(run=_download)
 
     dev = commands.add_parser(
         "dev",
@@ -87,11 +146,32 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("--handler", help="the worker's handler.py (default: ./handler.py, else the repository's)")
     dev.add_argument("--no-restart", action="store_true", help="do not start a new worker when it exits")
     dev.set_defaults(run=_dev)
+
+    from tpworker import cluster
+
+    cluster.add_commands(commands)
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure the same workload on the raw vLLM engine, the handler, tpworker dev (and vllm serve)",
+        description="Run one workload against vLLM's AsyncLLM, the worker's handler (native and OpenAI jobs), "
+        "`tpworker dev` (RunPod's job loop over HTTP) and optionally `vllm serve`, for each TP size, one engine "
+        "at a time. Prints a table and writes result.json, result.md and tokens_per_s.png.",
+    )
+    from tpworker.bench.options import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(run=_bench)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tpworker import cluster
+
+    argv, ray_args = cluster.split_ray_args(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    if ray_args:
+        args.ray_args = ray_args
     return args.run(args)
 
 

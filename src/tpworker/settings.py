@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,24 @@ OTHER_VARIABLES = {
     "VLLM_CPU_KVCACHE_SPACE": "No GPU: KV cache GiB per rank. Default: 2.",
     "TPWORKER_CACHE_DIR": "Where the default model is built (default: $XDG_CACHE_HOME/tpworker or ~/.cache/tpworker).",
     "RUNPOD_WEBHOOK_GET_JOB": "Set by RunPod: with it, handler.py runs RunPod's job loop instead of a local test.",
+    "RAY_ADDRESS": "DISTRIBUTED_EXECUTOR_BACKEND=ray: the Ray cluster's head, host:port (`tpworker cluster head` sets "
+    "it for the worker). Unset: the cluster started on this machine by `ray start`.",
+    "VLLM_PP_LAYER_PARTITION": "Layers of each pipeline stage, e.g. 31,32,32,31 (read by vLLM; checked at start). "
+    "Default: vLLM's even split, the extra layers going to the stages before the last.",
+    "NCCL_SOCKET_IFNAME": "`tpworker cluster`: the network interface NCCL uses between nodes. Default: the "
+    "interface holding this node's cluster address (ens1 on RunPod Instant Clusters).",
+    "GLOO_SOCKET_IFNAME": "`tpworker cluster`: the interface gloo uses between nodes. Default: as NCCL_SOCKET_IFNAME.",
+    "NODE_ADDR": "`tpworker cluster`: this node's address on the cluster network (RunPod Instant Clusters set it).",
+    "NUM_NODES": "`tpworker cluster head`: nodes to wait for (RunPod Instant Clusters set it). "
+    "Default: PIPELINE_PARALLEL_SIZE.",
+    "RAY_AUTH_TOKEN": "`tpworker cluster`: a secret, the same on every node: the Ray cluster then requires it "
+    "(read by Ray; never logged). Unset: the cluster runs without token authentication (with a warning).",
+    "RAY_AUTH_MODE": "Ray's authentication mode (token or disabled), if you set it yourself; `tpworker cluster` "
+    "otherwise sets it from RAY_AUTH_TOKEN.",
+    "RUNPOD_AI_API_KEY": "Set by RunPod: the job loop's credential (read by the RunPod SDK; never logged).",
+    "HF_HUB_OFFLINE": "1: never contact the Hugging Face hub (a model must be baked, cached or a folder). "
+    "The worker sets it for vLLM when it serves a baked or cached model.",
+    "HF_ENDPOINT": "The Hugging Face hub's address, for a mirror (default: https://huggingface.co).",
 }
 # Variables whose values never reach a log line or an error.
 SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
@@ -66,7 +85,16 @@ class WorkerSettings(BaseModel):
         description="GPUs the model is split across, or auto: every visible GPU when that is a valid "
         "size for the model, else the largest valid size below it; 1 with no GPU.",
     )
-    pipeline_parallel_size: int = Field(1, ge=1, description="Pipeline stages (multi-node).")
+    pipeline_parallel_size: int = Field(
+        1, ge=1, description="Pipeline stages: the model's layers split in this many groups, one after another "
+        "(across nodes on Ray). Each stage has TENSOR_PARALLEL_SIZE GPUs.",
+    )
+    # Read before vLLM is imported: the plan at start checks the layout against the Ray cluster.
+    distributed_executor_backend: Literal["mp", "ray"] | None = Field(
+        None,
+        description="How vLLM starts its ranks: mp (processes on this machine; the default) or ray "
+        "(on the nodes of a Ray cluster, see `tpworker cluster`): TP x PP may then exceed this node's GPUs.",
+    )
     max_concurrency: int = Field(30, ge=1, description="Jobs one worker runs at the same time.")
     default_batch_size: int = Field(
         50, ge=1, description="Most tokens in one streamed chunk (per job: `max_batch_size`)."
@@ -81,11 +109,41 @@ class WorkerSettings(BaseModel):
         1024, ge=1, description="`max_tokens` of a native job that does not set it (cut to fit the context)."
     )
     max_n: int = Field(16, ge=1, description="Largest `n` (choices per job) accepted.")
+    # Limits on what one job may ask for; a job over one is refused, naming the limit.
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="Most prompt tokens one job may send (default: the context, MAX_MODEL_LEN)."
+    )
+    max_output_tokens: int | None = Field(
+        None, ge=1, description="Largest `max_tokens` one job may ask for (default: the context, MAX_MODEL_LEN)."
+    )
+    max_request_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest job input accepted, in bytes of JSON (default 10 MiB)."
+    )
+    # Failure handling: see RELIABILITY.md.
+    engine_stall_timeout: float = Field(
+        120, ge=5, description="Seconds the engine may produce nothing while requests are in flight before "
+        "the worker fails those jobs and exits, so that RunPod replaces it.",
+    )
+    shutdown_grace_seconds: float = Field(
+        30, ge=0, description="On SIGTERM, seconds in-flight jobs get to finish before they end with an error.",
+    )
     raw_openai_output: bool = Field(
         True, description="OpenAI streams yield SSE text (`data: {...}`); false: lists of parsed chunk objects."
     )
     openai_served_model_name_override: str | None = Field(
         None, description="The model name clients use (default: the model's name)."
+    )
+    # Where the model comes from when it is not a local folder (resolve.py).
+    model_manifest: str = Field(
+        "/models/tpworker-manifest.json",
+        description="The manifest `tpworker download` wrote beside a baked model. When it exists and "
+        "MODEL_NAME is unset or names the same model, the worker serves that copy, offline.",
+    )
+    base_path: str = Field(
+        "/runpod-volume",
+        description="Where a RunPod network volume is mounted. A model not baked into the image is looked "
+        "up in its huggingface-cache/hub folder (RunPod's cached models, names in any case) and "
+        "downloaded there when missing.",
     )
 
     @property
@@ -110,6 +168,12 @@ def is_secret(variable: str) -> bool:
     return any(marker in variable.upper() for marker in SECRET_MARKERS)
 
 
+def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The values of secret variables that are set (long enough to be told apart from words)."""
+    environ = os.environ if environ is None else environ
+    return [v for k, v in environ.items() if is_secret(k) and len(v) >= 8]
+
+
 def masked(variable: str, value: str) -> str:
     return "***" if is_secret(variable) and value else value
 
@@ -130,8 +194,11 @@ def _accepted(name: str) -> str:
     """What a WorkerSettings field accepts, in words."""
     if name == "tensor_parallel_size":
         return "an integer >= 1, or auto (the worker chooses)"
+    if name == "distributed_executor_backend":
+        return "mp or ray"
     info = WorkerSettings.model_fields[name]
-    kind = {int: "an integer", float: "a number"}.get(info.annotation, "text")
+    types = set(typing.get_args(info.annotation)) or {info.annotation}  # int | None -> {int, None}
+    kind = next(({int: "an integer", float: "a number", bool: "true or false"}[t] for t in (int, float, bool) if t in types), "text")
     bounds = [f">= {m.ge}" for m in info.metadata if getattr(m, "ge", None) is not None]
     return " ".join([kind, *bounds])
 
@@ -153,6 +220,8 @@ def _read_worker_settings(environ: Mapping[str, str], problems: list[str]) -> tu
             values[name], sources[name] = text, variable
     if values.get("tensor_parallel_size", "").strip().lower() == "auto":
         values["tensor_parallel_size"] = "auto"
+    if "distributed_executor_backend" in values:  # vLLM's names are lower case; accept RAY too
+        values["distributed_executor_backend"] = values["distributed_executor_backend"].strip().lower()
     try:
         settings = WorkerSettings.model_validate(values)
         if isinstance(settings.tensor_parallel_size, int) and settings.tensor_parallel_size < 1:
@@ -192,8 +261,17 @@ class Settings:
     cache_dir: Path
     # Which variable set each WorkerSettings field (for messages that name it).
     sources: dict[str, str] = field(default_factory=dict)
+    # Secret variables that are set (their names are logged, never their values).
+    secrets_set: tuple[str, ...] = ()
+    # HF_HUB_OFFLINE is set: the hub may not be asked (no download at start).
+    hub_offline: bool = False
+    hub_endpoint: str | None = None  # HF_ENDPOINT: a mirror of the hub, if set
     # The variables that name vLLM options, as read at start (vllm_args() converts them).
     _engine_environ: dict[str, str] = field(default_factory=dict, repr=False)
+    # DISTRIBUTED_EXECUTOR_BACKEND=ray: RAY_ADDRESS (None: the cluster started on this machine).
+    ray_address: str | None = None
+    # VLLM_PP_LAYER_PARTITION: vLLM reads it in every rank; the plan checks it before they start.
+    pp_layer_partition: str | None = None
 
     def source_of(self, field_name: str) -> str:
         return self.sources.get(field_name, variable_name(field_name))
@@ -241,6 +319,7 @@ class Settings:
         """Every variable the worker used, secrets masked: for the start log."""
         read = {src: str(getattr(self.worker, name)) for name, src in self.sources.items()}
         read.update({v: self._engine_environ[v] for v in self._engine[1].values()})
+        read.update({name: "set" for name in self.secrets_set})
         return {k: masked(k, v) for k, v in sorted(read.items())}
 
 
@@ -263,7 +342,40 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         cpu_threads_bind=environ.get("VLLM_CPU_OMP_THREADS_BIND") or None,
         cpu_kv_cache_set=bool(environ.get("VLLM_CPU_KVCACHE_SPACE")),
         on_runpod=bool(environ.get("RUNPOD_WEBHOOK_GET_JOB")),
+        hub_offline=environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"},
+        hub_endpoint=environ.get("HF_ENDPOINT") or None,
         cache_dir=cache_dir(environ),
         sources=sources,
+        secrets_set=tuple(sorted(k for k, v in environ.items() if v and is_secret(k))),
         _engine_environ=engine_environ,
+        ray_address=environ.get("RAY_ADDRESS") or None,
+        pp_layer_partition=environ.get("VLLM_PP_LAYER_PARTITION") or None,
+    )
+
+
+@dataclass(frozen=True)
+class ClusterEnvironment:
+    """What `tpworker cluster` reads besides the worker's settings: the network interfaces the
+    user chose, and the variables RunPod Instant Clusters set on every node."""
+
+    nccl_socket_ifname: str | None = None
+    gloo_socket_ifname: str | None = None
+    node_addr: str | None = None  # this node's address on the cluster network
+    num_nodes: int | None = None  # nodes in the cluster
+    ray_auth_mode: str | None = None  # RAY_AUTH_MODE as the user set it
+    ray_auth_token_set: bool = False  # RAY_AUTH_TOKEN is set (Ray reads the secret itself)
+
+
+def load_cluster_environment(environ: Mapping[str, str] | None = None) -> ClusterEnvironment:
+    environ = os.environ if environ is None else environ
+    nodes = environ.get("NUM_NODES", "").strip()
+    if nodes and not (nodes.isdigit() and int(nodes) >= 1):
+        raise SettingsError([_problem("NUM_NODES", nodes, "it is not a whole number >= 1", "an integer >= 1")])
+    return ClusterEnvironment(
+        nccl_socket_ifname=environ.get("NCCL_SOCKET_IFNAME") or None,
+        gloo_socket_ifname=environ.get("GLOO_SOCKET_IFNAME") or None,
+        node_addr=environ.get("NODE_ADDR") or None,
+        num_nodes=int(nodes) if nodes else None,
+        ray_auth_mode=environ.get("RAY_AUTH_MODE") or None,
+        ray_auth_token_set=bool(environ.get("RAY_AUTH_TOKEN")),
     )

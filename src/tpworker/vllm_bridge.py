@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import functools
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from vllm import AsyncEngineArgs
@@ -30,6 +31,7 @@ NOT_FROM_ENVIRONMENT = frozenset(
         "tokenizer_revision",
         "tensor_parallel_size",
         "pipeline_parallel_size",
+        "distributed_executor_backend",
         # Frontend options with no meaning inside a worker (no HTTP server, no scale-out endpoints).
         "tokens_only",
         "enable_scale_out",
@@ -241,14 +243,57 @@ def create_engine_config(engine_args: AsyncEngineArgs):
     return engine_args.create_engine_config()
 
 
-def start_async_llm(vllm_config, engine_args: AsyncEngineArgs):
+def trace_once_eager_compilation() -> dict[str, Any]:
+    """A compilation config that traces the model once with dynamo and runs the trace with torch's
+    eager backend: the warm-up pass of a compiled mode, the kernels of eager mode."""
+    from vllm.config import CompilationMode
+
+    return {"mode": int(CompilationMode.DYNAMO_TRACE_ONCE), "backend": "eager"}
+
+
+def ray_unsupported_reason() -> str | None:
+    """Why vLLM cannot run this machine's ranks on Ray, or None if it can. vLLM asks Ray for one
+    unit of the platform's Ray resource per rank (GPU on CUDA); its CPU platform names none, and its
+    Ray executor then stops the engine core with "current platform cpu does not support ray."."""
+    from vllm.platforms import current_platform
+
+    if current_platform.ray_device_key:
+        return None
+    name = current_platform.device_name
+    return (
+        f"vLLM's {name} platform cannot run its ranks on Ray: it names no Ray resource to place them on "
+        f"(vLLM's Ray executor stops with \"current platform {name} does not support ray.\")"
+    )
+
+
+def start_async_llm(vllm_config, engine_args: AsyncEngineArgs, on_engine_step=None):
+    """AsyncLLM for the config. `on_engine_step()` is called each time the engine core reports
+    a step (through vLLM's stat-logger interface), which is how the watchdog sees progress."""
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    loggers = [_step_logger_factory(on_engine_step)] if on_engine_step else None
     return AsyncLLM.from_vllm_config(
         vllm_config,
         enable_log_requests=engine_args.enable_log_requests,
         disable_log_stats=engine_args.disable_log_stats,
+        stat_loggers=loggers,
     )
+
+
+def _step_logger_factory(on_engine_step):
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class StepLogger(StatLoggerBase):
+        def __init__(self, vllm_config, engine_index: int = 0):
+            pass
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+            on_engine_step()
+
+        def log_engine_initialized(self):
+            pass
+
+    return StepLogger
 
 
 # --------------------------------------------------------------------------- prompts
@@ -309,15 +354,23 @@ def sampling_param_names() -> list[str]:
     )
 
 
+@functools.cache
+def _sampling_params_adapter():
+    """Built once: building pydantic's adapter for SamplingParams takes ~0.6 ms, per job otherwise
+    (measured by tpworker bench's profiling); validating with it takes ~0.01 ms."""
+    from pydantic import TypeAdapter
+    from vllm import SamplingParams
+
+    return TypeAdapter(SamplingParams)
+
+
 def sampling_params(values: dict[str, Any]):
     """SamplingParams from plain JSON values, type-checked by pydantic (vLLM's SamplingParams
     supports it) and range-checked by vLLM. Raises pydantic's ValidationError or InvalidParameter."""
-    from pydantic import TypeAdapter
-    from vllm import SamplingParams
     from vllm.exceptions import VLLMValidationError
 
     try:
-        return TypeAdapter(SamplingParams).validate_python(values)
+        return _sampling_params_adapter().validate_python(values)
     except VLLMValidationError as e:
         raise InvalidParameter(str(e).split(" (parameter=")[0], getattr(e, "parameter", None)) from None
     except ValueError as e:
@@ -338,7 +391,7 @@ def as_invalid_parameter(error: BaseException) -> InvalidParameter | None:
 # --------------------------------------------------------------------------- the OpenAI frontend
 
 
-def _flags_to_variables(message: str) -> str:
+def flags_to_variables(message: str) -> str:
     """'--enable-auto-tool-choice requires --tool-call-parser' -> in our variables' names."""
     return re.sub(r"--([a-z0-9-]+)", lambda m: m.group(1).replace("-", "_").upper(), message)
 
@@ -362,7 +415,7 @@ def check_server_args(values: dict[str, Any]) -> list[str]:
     try:
         validate_parsed_serve_args(server_namespace(values))
     except (TypeError, ValueError) as e:
-        problems.append(_flags_to_variables(str(e).removeprefix("Error: ")))
+        problems.append(flags_to_variables(str(e).removeprefix("Error: ")))
     tool_parsers = sorted(ToolParserManager.list_registered())
     if values.get("tool_call_parser") and not values.get("tool_parser_plugin"):
         if values["tool_call_parser"] not in tool_parsers:
@@ -387,6 +440,43 @@ def load_chat_template(template: str | None) -> str | None:
     return load(template)
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    max_prompt_tokens: int | None = None
+    max_output_tokens: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.max_prompt_tokens is not None or self.max_output_tokens is not None
+
+
+class LimitedEngineClient:
+    """The AsyncLLM as vLLM's OpenAI serving objects see it, with this worker's limits applied to
+    each request once vLLM has tokenized it: the prompt length is exact (chat template, tools and
+    all), and a max_tokens vLLM defaulted is capped at MAX_OUTPUT_TOKENS (an explicit one over it
+    was refused before, by name). Everything else is the AsyncLLM's own."""
+
+    def __init__(self, llm, limits: RequestLimits):
+        self._llm, self._limits = llm, limits
+
+    def __getattr__(self, name):
+        return getattr(self._llm, name)
+
+    def generate(self, prompt, sampling_params, request_id, *args, **kwargs):
+        limit = self._limits.max_prompt_tokens
+        if limit is not None:
+            count = len(prompt.get("prompt_token_ids") or ()) if isinstance(prompt, dict) else 0
+            if count > limit:
+                # ValueError: vLLM's error mapping makes it a 400 with this message
+                raise ValueError(
+                    f"The prompt is {count} tokens, above this worker's limit of {limit} (MAX_PROMPT_TOKENS)."
+                )
+        cap = self._limits.max_output_tokens
+        if cap is not None and getattr(sampling_params, "max_tokens", None) is not None:
+            sampling_params.max_tokens = min(sampling_params.max_tokens, cap)
+        return self._llm.generate(prompt, sampling_params, request_id, *args, **kwargs)
+
+
 class OpenAIServer:
     """vLLM's own OpenAI serving objects (`vllm serve`'s, built by its init_app_state) on this
     worker's engine: the same request validation, templates, tool and reasoning parsers, and
@@ -396,10 +486,14 @@ class OpenAIServer:
         self._state = state
 
     @classmethod
-    async def create(cls, llm, model: str, served_names: list[str], options: dict[str, Any]) -> OpenAIServer:
+    async def create(cls, llm, model: str, served_names: list[str], options: dict[str, Any],
+                     limits: RequestLimits | None = None) -> OpenAIServer:
         """Call inside the event loop that serves jobs (the engine binds to it)."""
         from starlette.datastructures import State
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+
+        if limits is not None and limits.active:
+            llm = LimitedEngineClient(llm, limits)
 
         args = server_namespace(options)
         args.model, args.served_model_name = model, served_names
@@ -471,3 +565,73 @@ class OpenAIServer:
         param = clean_loc_for_param(tuple(first["loc"])) if first.get("loc") else None
         message = f"{param}: {first['msg']}" if param else first["msg"]
         return {"error": {"message": sanitize_message(message), "type": "BadRequestError", "param": param, "code": 400}}
+
+
+# --------------------------------------------------------------------------- measurements (tpworker bench)
+
+# Engine arguments for measuring each rank's weight memory: worker_extension_cls adds
+# WeightsProbe's method to every vLLM worker; on CPU, worker_cls=MEASURED_CPU_WORKER also measures
+# the load (vLLM's GPU workers measure it themselves: "Model loading took X GiB").
+WEIGHTS_PROBE = "tpworker.vllm_bridge.WeightsProbe"
+MEASURED_CPU_WORKER = "tpworker.vllm_bridge.MeasuredCPUWorker"
+
+
+def _process_memory() -> int:
+    """This process's resident memory, after returning freed heap pages to the system (so that
+    what the load allocated and freed again does not count)."""
+    import ctypes
+    import gc
+
+    import psutil
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    return psutil.Process().memory_info().rss
+
+
+def __getattr__(name: str):
+    """MeasuredCPUWorker is built on first use: it subclasses vLLM's CPU worker, which only the
+    rank processes of a CPU engine import."""
+    if name != "MeasuredCPUWorker":
+        raise AttributeError(name)
+    from vllm.v1.worker.cpu_worker import CPUWorker
+
+    class MeasuredCPUWorker(CPUWorker):
+        """vLLM's CPU worker, plus the memory the model load added to the rank's process. On CPU
+        vLLM packs linear weights into oneDNN buffers that are not torch tensors, so only the
+        process's memory sees them."""
+
+        def load_model(self, *args, **kwargs):
+            before = _process_memory()
+            super().load_model(*args, **kwargs)
+            self.model_runner.model_memory_usage = _process_memory() - before
+
+    MeasuredCPUWorker.__module__, MeasuredCPUWorker.__qualname__ = __name__, "MeasuredCPUWorker"
+    globals()["MeasuredCPUWorker"] = MeasuredCPUWorker
+    return MeasuredCPUWorker
+
+
+class WeightsProbe:
+    """Mixed into each vLLM worker (rank) by `worker_extension_cls=WEIGHTS_PROBE`, so that
+    `collective_rpc` can ask every rank what its loaded model holds."""
+
+    def tpworker_weights_memory(self) -> dict:
+        model = self.model_runner.get_model()
+        seen, held = set(), 0
+        for tensor in [*model.parameters(), *model.buffers()]:
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in seen:  # tied weights share one storage: count it once
+                seen.add(storage.data_ptr())
+                held += storage.nbytes()
+        loading = int(getattr(self.model_runner, "model_memory_usage", 0) or 0)
+        return {"rank": int(getattr(self, "rank", 0)), "loading_bytes": loading or None, "tensor_bytes": held}
+
+
+async def weights_memory_per_rank(llm) -> list[dict]:
+    """Per rank: the memory the model load took (GPU: vLLM's own measure of device memory; CPU:
+    the rank process's, with MEASURED_CPU_WORKER), and the bytes of the torch tensors the model
+    holds. Needs an engine started with WEIGHTS_PROBE."""
+    return sorted(await llm.collective_rpc("tpworker_weights_memory"), key=lambda r: r["rank"])

@@ -1,0 +1,281 @@
+"""The whole benchmark: for each TP size, one phase process after another (one engine in memory at
+a time), progress while they run, then figures, ratios, targets and the reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tpworker.bench import machine, report, results, targets
+from tpworker.bench.workload import TAG_TOKENS, Workload, prompt_body
+
+# Which process serves which routes, in the order they run.
+PHASES = {
+    "raw": ("raw",),
+    "handler": ("handler-native", "handler-openai", "raw-paired"),
+    "dev": ("dev-native", "dev-openai"),
+    "vllm-serve": ("vllm-serve",),
+}
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def bench_environment(options: argparse.Namespace, tp: int) -> dict[str, str]:
+    """The worker's environment for one TP size: the caller's, plus what the benchmark needs."""
+    from tpworker import hardware, vllm_bridge
+
+    env = dict(os.environ)
+    if options.model:
+        env.pop("MODEL", None)
+        env["MODEL_NAME"] = options.model
+    env["TENSOR_PARALLEL_SIZE"] = str(tp)
+    env["MAX_CONCURRENCY"] = str(max_concurrency(options))
+    # Lets the phases read each rank's weight memory (on CPU also measure it: vLLM's GPU workers do).
+    env["WORKER_EXTENSION_CLS"] = vllm_bridge.WEIGHTS_PROBE
+    if not hardware.visible_gpus(env.get("CUDA_VISIBLE_DEVICES")):
+        env["WORKER_CLS"] = vllm_bridge.MEASURED_CPU_WORKER
+    return env
+
+
+def max_concurrency(options: argparse.Namespace) -> int:
+    """Every request of a round must run at once, also through RunPod's job loop. runpod 1.10's
+    JobScaler counts a job that waits in its queue twice (queue + in progress) and sleeps 1 s when
+    that reaches MAX_CONCURRENCY, so a burst of more than half the free slots holds the rest for
+    a second; the default leaves room for that (--max-concurrency shows the effect)."""
+    return options.max_concurrency or 2 * max(options.concurrency) + 1
+
+
+def plan_engine(env: dict[str, str]):
+    """The engine arguments and environment the worker would start with (imports vLLM)."""
+    from tpworker import startup
+    from tpworker.settings import load_settings
+
+    settings = load_settings(env)
+    return startup.add_engine_args(settings, startup.plan_start(settings))
+
+
+def warm_page_cache(model: str) -> None:
+    """Read the model's files once, so that no phase's cold start pays for the first disk read."""
+    import psutil
+
+    folder = Path(model)
+    if not folder.is_dir():
+        return
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if sum(p.stat().st_size for p in files) > psutil.virtual_memory().available / 2:
+        return
+    for path in files:
+        with open(path, "rb") as f:
+            while f.read(64 << 20):
+                pass
+
+
+def make_body(engine_args: dict, prompt_tokens: int) -> str:
+    from transformers import AutoTokenizer
+
+    if engine_args.get("tokenizer"):
+        source, revision = engine_args["tokenizer"], engine_args.get("tokenizer_revision")
+    else:
+        source, revision = engine_args["model"], engine_args.get("revision")
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision,
+                                              trust_remote_code=bool(engine_args.get("trust_remote_code")))
+    return prompt_body(tokenizer, max(1, prompt_tokens - TAG_TOKENS))
+
+
+class PhaseProcess:
+    """One phase child: started, followed through its events file, stopped with its whole group."""
+
+    def __init__(self, spec: dict, folder: Path, env: dict[str, str]):
+        stem = f"tp{spec['tp']}-{spec['phase']}"
+        (folder / f"{stem}.json").write_text(json.dumps(spec, indent=1))
+        self.events_path = folder / f"{stem}.events.jsonl"
+        self.events_path.write_text("")
+        self.log_path = folder / f"{stem}.log"
+        spawned_at = time.time()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tpworker.bench.phase", str(folder / f"{stem}.json"), str(self.events_path),
+             "--spawned-at", repr(spawned_at)],
+            env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self._read = 0
+
+    def new_events(self) -> list[dict]:
+        text = self.events_path.read_text()
+        complete = text[self._read:].rsplit("\n", 1)[0] if "\n" in text[self._read:] else ""
+        self._read += len(complete) + (1 if complete else 0)
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        """The phase, its engine and any server it started (all in its process group)."""
+        for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):
+            if self.process.poll() is not None:
+                break
+            try:
+                os.killpg(self.process.pid, sig)
+                self.process.wait(wait)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+
+
+def steps_of(routes: list[str], workload: Workload) -> int:
+    return 1 + len(routes) * (workload.warmup + len(workload.concurrency) * workload.repetitions)
+
+
+def default_name(served: str, tps: tuple[int, ...]) -> str:
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", served).strip("-").lower()
+    return f"{slug}-tp{'-'.join(map(str, tps))}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def paths_text(routes) -> str:
+    """Routes as --paths takes them: whole groups by their name."""
+    from tpworker.bench.options import GROUPS
+
+    parts = []
+    for group, members in GROUPS.items():
+        if group != "raw":
+            parts += [group] if all(m in routes for m in members) else [m for m in members if m in routes]
+    return ",".join(parts) or "raw"
+
+
+def command_line(options: argparse.Namespace) -> str:
+    """The command that reproduces this run, every knob spelled out."""
+    parts = ["tpworker bench"]
+    if options.model:
+        parts.append(f"--model {options.model}")
+    parts += [
+        f"--tp {','.join(map(str, options.tp))}",
+        f"--concurrency {','.join(map(str, options.concurrency))}",
+        f"--prompt-tokens {options.prompt_tokens}", f"--output-tokens {options.output_tokens}",
+        "--stream" if options.stream else "--no-stream",
+        f"--warmup {options.warmup}", f"--repetitions {options.repetitions}",
+        f"--paths {paths_text(options.paths)}",
+    ]
+    if options.max_concurrency:
+        parts.append(f"--max-concurrency {options.max_concurrency}")
+    if options.name:
+        parts.append(f"--name {options.name}")
+    return " ".join(parts)
+
+
+def run_phases(options, workload, routes, plans, body, folder, progress, load) -> dict:
+    runs = {}
+    for tp in options.tp:
+        plan, env = plans[tp]
+        run = runs[str(tp)] = results.new_run()
+        engine_args_file = folder / f"tp{tp}-engine-args.pickle"
+        engine_args_file.write_bytes(pickle.dumps(plan.engine_args))
+        for phase, served in PHASES.items():
+            chosen = [r for r in served if r in routes]
+            if not chosen:
+                continue
+            spec = {
+                "phase": phase, "routes": chosen, "tp": tp, "workload": workload.to_json(), "body": body,
+                "model": plan.engine_args["served_model_name"][0], "engine_args_file": str(engine_args_file),
+                "environment": plan.environment, "handler": str(options.handler_path), "log_dir": str(folder),
+            }
+            task = progress.add_task(f"TP={tp} {phase}", total=steps_of(chosen, workload))
+            began = time.time()
+            child = PhaseProcess(spec, folder, env)
+            try:
+                while True:
+                    for event in child.new_events():
+                        results.record(run, phase, event)
+                        if event["event"] in ("cold", "round"):
+                            progress.advance(task)
+                    load.sample()
+                    if child.process.poll() is not None:
+                        for event in child.new_events():
+                            results.record(run, phase, event)
+                        break
+                    time.sleep(0.5)
+            finally:
+                child.stop()
+            progress.console.print(f"TP={tp} {phase}: finished in {time.time() - began:.0f} s (log: {child.log_path})")
+            if child.process.returncode != 0 and not any(e["phase"] == phase for e in run["errors"]):
+                run["errors"].append({"phase": phase, "message": f"exited with status {child.process.returncode}"})
+            for error in run["errors"]:
+                if error["phase"] == phase:
+                    error["log"] = str(child.log_path)
+                    progress.console.print(f"[red]TP={tp} {phase} failed: {error['message']} (log: {child.log_path})")
+        results.summarize(run)
+    return runs
+
+
+def main(options: argparse.Namespace) -> int:
+    try:
+        import matplotlib  # noqa: F401  (the chart, at the end: fail now, not after the run)
+        import rich  # noqa: F401
+    except ImportError as e:
+        print(f"tpworker bench needs {e.name}: pip install 'tpworker[bench]' (rich, matplotlib)", file=sys.stderr)
+        return 2
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tpworker import devserver
+    from tpworker.errors import StartRefused
+
+    # Piped output (CI, logs) gets room for the whole table instead of rich's 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=170)
+    workload = Workload(options.prompt_tokens, options.output_tokens, options.concurrency, options.stream,
+                        options.warmup, options.repetitions)
+    routes = list(options.paths)
+    try:
+        options.handler_path = devserver.find_handler(options.handler)
+    except FileNotFoundError as e:
+        console.print(f"tpworker bench: {e}")
+        return 2
+    load = machine.LoadWatch()
+    console.print("Planning the engines (imports vLLM) ...")
+    plans = {}
+    try:
+        for tp in options.tp:
+            env = bench_environment(options, tp)
+            plans[tp] = (plan_engine(env), env)
+    except StartRefused as e:
+        console.print(f"tpworker bench: cannot start: {e}")
+        return 2
+    first = plans[options.tp[0]][0]
+    served = first.engine_args["served_model_name"][0]
+    folder = Path(options.out) / (options.name or default_name(served, options.tp))
+    folder.mkdir(parents=True, exist_ok=True)
+    logs = folder / "logs"
+    logs.mkdir(exist_ok=True)
+    body = make_body(first.engine_args, workload.prompt_tokens)
+    warm_page_cache(first.engine_args["model"])
+    started = time.time()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, refresh_per_second=2) as progress:
+        runs = run_phases(options, workload, routes, plans, body, logs, progress, load)
+    result = {
+        "name": folder.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command_line(options),
+        "wall_s": round(time.time() - started, 1),
+        "model": {"served_name": served, "path": first.engine_args["model"]},
+        "engine_args": {k: v for k, v in first.engine_args.items() if isinstance(v, (str, int, float, bool, list)) or v is None},
+        "machine": machine.describe(ROOT),
+        "load": load.summary(),
+        "workload": workload.to_json(),
+        "max_concurrency": max_concurrency(options),
+        "routes": routes,
+        "tp": list(options.tp),
+        "runs": runs,
+    }
+    result["tp_scaling"] = targets.tp_scaling(runs)
+    result["targets"] = targets.evaluate(result)
+    report.write(result, folder)
+    report.show(result, console)
+    console.print(f"Results: {folder}/result.json, result.md, tokens_per_s.png")
+    failed = any(run["errors"] for run in runs.values()) or not all(
+        level["summary"]["complete"] for run in runs.values() for data in run["routes"].values()
+        for level in data["levels"].values()
+    )
+    return 1 if failed else 0
