@@ -167,7 +167,8 @@ def markdown(result: dict) -> str:
 
 def chart(result: dict, path: Path) -> None:
     """Left: output tokens/s against concurrency, a line per path and TP size (median, min-max).
-    Right: the same as a fraction of the raw engine's, where the paths' lines would overlap."""
+    Right: each as a fraction of its reference's (the targets' references), where the lines
+    on the left would overlap."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,7 +190,7 @@ def chart(result: dict, path: Path) -> None:
             errors = [[s["median"] - s["min"] for s in figures], [s["max"] - s["median"] for s in figures]]
             ax.errorbar(xs, ys, yerr=errors, label=f"{route}, TP={tp}", color=COLORS.get(route), linestyle=style,
                         marker="o", markersize=4, capsize=3)
-            ratios = [(x, (f.get("vs_raw") or {}).get("tokens_per_s")) for x, f in points]
+            ratios = [(x, reference(route, f)[1].get("tokens_per_s")) for x, f in points]
             ratios = [(x, r) for x, r in ratios if r is not None]
             if ratios and route != "raw":
                 rel.plot([x for x, _ in ratios], [r for _, r in ratios], color=COLORS.get(route), linestyle=style,
@@ -200,7 +201,7 @@ def chart(result: dict, path: Path) -> None:
         axis.set_xlabel("concurrent requests")
         axis.grid(True, alpha=0.3)
     ax.set_ylabel("output tokens/s (median, min-max)")
-    rel.set_ylabel("output tokens/s / raw engine's (medians)")
+    rel.set_ylabel("tokens/s / reference's (handler-*: raw-paired; others: raw)")
     rel.axhline(1.0, color="black", linewidth=0.8)
     ax.set_title(f"{result['model']['served_name']}: output tokens/s by path and TP size", fontsize=10)
     rel.set_title(f"{result['machine']['cpu']}, {result['machine']['cores']} cores, "
