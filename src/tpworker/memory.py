@@ -110,7 +110,6 @@ class MemoryModel:
             "replicated": c.replicated * plain,
         }
         estimated = sum(self._bytes.values())
-        self.estimated_total_bytes = estimated
         self.total_weight_bytes = real_weight_bytes or estimated
         self.from_real_size = real_weight_bytes is not None
         scale = self.total_weight_bytes / estimated

@@ -59,10 +59,6 @@ class StreamBatcher:
     def full(self) -> bool:
         return self.pending >= self.size
 
-    @property
-    def empty(self) -> bool:
-        return not any(self.tokens)
-
     def take(self, usage: dict) -> dict:
         choices = [{"tokens": tokens, "finish_reason": reason} for tokens, reason in zip(self.tokens, self.finish_reasons)]
         if self.logprobs is not None:

@@ -309,12 +309,6 @@ class Settings:
         each bad variable."""
         return dict(self._engine[0])
 
-    def engine_variable(self, engine_arg: str) -> str | None:
-        """The variable that set an engine argument, or None if the environment did not."""
-        if engine_arg in WorkerSettings.model_fields:
-            return self.sources.get(engine_arg)
-        return self._engine[1].get(engine_arg)
-
     def shown(self) -> dict[str, str]:
         """Every variable the worker used, secrets masked: for the start log."""
         read = {src: str(getattr(self.worker, name)) for name, src in self.sources.items()}

@@ -416,19 +416,16 @@ def check_server_args(values: dict[str, Any]) -> list[str]:
         validate_parsed_serve_args(server_namespace(values))
     except (TypeError, ValueError) as e:
         problems.append(flags_to_variables(str(e).removeprefix("Error: ")))
-    tool_parsers = sorted(ToolParserManager.list_registered())
-    if values.get("tool_call_parser") and not values.get("tool_parser_plugin"):
-        if values["tool_call_parser"] not in tool_parsers:
+    parsers = (
+        ("tool_call_parser", "tool_parser_plugin", "tool", ToolParserManager),
+        ("reasoning_parser", "reasoning_parser_plugin", "reasoning", ReasoningParserManager),
+    )
+    for option, plugin, kind, manager in parsers:
+        name, known = values.get(option), sorted(manager.list_registered())
+        if name and not values.get(plugin) and name not in known:
             problems.append(
-                f"TOOL_CALL_PARSER={values['tool_call_parser']!r} is not a vLLM tool parser. "
-                f"Accepted: {', '.join(tool_parsers)} (or a name registered by TOOL_PARSER_PLUGIN)."
-            )
-    reasoning = sorted(ReasoningParserManager.list_registered())
-    if values.get("reasoning_parser") and not values.get("reasoning_parser_plugin"):
-        if values["reasoning_parser"] not in reasoning:
-            problems.append(
-                f"REASONING_PARSER={values['reasoning_parser']!r} is not a vLLM reasoning parser. "
-                f"Accepted: {', '.join(reasoning)}."
+                f"{option.upper()}={name!r} is not a vLLM {kind} parser. Accepted: {', '.join(known)} "
+                f"(or a name registered by {plugin.upper()})."
             )
     return problems
 

@@ -2,7 +2,8 @@
 billing for it. The watchdog notices, ends every in-flight job with an error, and exits the process
 non-zero so that RunPod starts a fresh worker.
 
-It runs in a thread of its own, so it works even when the job loop's event loop is stuck, and it
+It runs in a thread of its own, so that the worker still exits when the job loop's event loop is
+stuck (the jobs' errors then cannot be posted; RunPod fails them when the worker goes), and it
 checks what vLLM itself may take seconds to notice:
 - a vLLM process (engine core or a TP/PP rank) has exited;
 - vLLM reports the engine dead (EngineDeadError);

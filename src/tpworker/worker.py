@@ -42,6 +42,9 @@ def limits(settings: WorkerSettings) -> Limits:
     )
 
 
+ENGINE_STOPPED = "The engine has stopped; this worker is restarting. Retry the request."
+
+
 def _service_unavailable(message: str) -> JobError:
     return JobError(message, type="ServiceUnavailableError", code=503)
 
@@ -152,7 +155,7 @@ class Worker:
             if self._refusal is not None:
                 raise self._refusal
             if self.engine.dead:
-                raise _service_unavailable("The engine has stopped; this worker is restarting.")
+                raise _service_unavailable(ENGINE_STOPPED)
             request = parse_job(job, default_batching=self.default_batching, limits=self.limits)
             if isinstance(request, OpenAIRequest):
                 outputs = self.openai.run(request)
@@ -167,7 +170,7 @@ class Worker:
         except Exception as e:  # anything else is our fault or the engine's, never the caller's
             if vllm_bridge.is_engine_dead(e):
                 log.error("Job %s failed: the engine died.", job_id)
-                yield _service_unavailable("The engine has stopped; this worker is restarting.").to_output()
+                yield _service_unavailable(ENGINE_STOPPED).to_output()
                 return
             log.exception("Job %s failed", job_id)
             yield JobError(f"Internal error: {type(e).__name__}: {e}", type="InternalServerError", code=500).to_output()

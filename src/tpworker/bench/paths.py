@@ -6,6 +6,7 @@ substring test does), because on a small machine the client shares the cores wit
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import itertools
 import json
@@ -23,8 +24,9 @@ TAIL = 8192  # characters of an SSE stream kept: enough for its last events (usa
 now = time.perf_counter
 
 
-class Runner:
-    """Sends one request; `stream` says whether to stream it (the cold start always streams)."""
+class Runner(abc.ABC):
+    """Sends one request; `stream` says whether to stream it (the cold start always streams).
+    One subclass per path."""
 
     def __init__(self, workload: Workload):
         self.workload = workload
@@ -34,8 +36,9 @@ class Runner:
     def next_id(self) -> str:
         return f"bench-{next(self._ids)}-{uuid.uuid4().hex[:6]}"
 
+    @abc.abstractmethod
     async def request(self, prompt: str, stream: bool) -> Timing:
-        raise NotImplementedError
+        """Send one request and time it."""
 
     async def close(self) -> None:
         pass
