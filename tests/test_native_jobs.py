@@ -178,3 +178,20 @@ def test_a_cancelled_job_aborts_its_engine_request(worker):
         return False
 
     assert worker.run(cancel_mid_stream())
+
+
+def test_the_job_loops_first_call_builds_the_openai_routes_before_any_openai_job(worker):
+    """RunPod's job loop calls concurrency_modifier when it starts; the worker builds vLLM's OpenAI
+    serving layer then, so that the first OpenAI job does not wait for it."""
+    running = worker.worker
+    assert running.openai._server is None, "no OpenAI job ran in this module before"
+
+    async def start_of_job_loop():
+        concurrency = running.concurrency(1)
+        await running._openai_warmup
+        return concurrency
+
+    assert worker.run(start_of_job_loop()) == running.settings.max_concurrency
+    assert running.openai._server is not None
+    models = worker.job({"openai_route": "/v1/models", "openai_input": {}})
+    assert [m["id"] for m in models[0]["data"]] == list(worker.plan.engine_args["served_model_name"])

@@ -136,6 +136,9 @@ def main(handler: Callable, handler_file: str) -> int:
             return asyncio.run(run_local_job(handler, local_job))
         import runpod
 
+        from tpworker import jobloop
+
+        jobloop.install()  # RunPod's job loop, without its 100 ms poll and 1 s sleeps (jobloop.py)
         runpod.serverless.start(
             {
                 "handler": handler,

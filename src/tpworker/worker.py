@@ -12,6 +12,7 @@ import itertools
 import logging
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -86,6 +87,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._refusal: JobError | None = None  # set once the worker takes no more jobs
         self._shutdown_hooked = False
+        self._openai_warmup: asyncio.Task | None = None
 
     def close(self) -> None:
         """Shut the engine down; the OpenAI serving objects hold it too, so drop them first."""
@@ -94,12 +96,25 @@ class Worker:
 
     def concurrency(self, current: int = 0) -> int:
         """RunPod's concurrency_modifier: how many jobs this worker takes at once. The job loop
-        calls it first thing, after installing its own SIGTERM handler: chain ours onto it there."""
+        calls it first thing, after installing its own SIGTERM handler: chain ours onto it there,
+        and start building the OpenAI serving layer in the loop that will serve the jobs."""
         if not self._shutdown_hooked:
             self._shutdown_hooked = True
             self._loop = asyncio.get_running_loop()
             self._hook_sigterm()
+            self._openai_warmup = self._loop.create_task(self._prepare_openai())
         return self.settings.max_concurrency
+
+    async def _prepare_openai(self) -> None:
+        """vLLM's OpenAI serving objects take about a second to build (on CPU here): built while
+        the worker waits for its first job, not inside the first OpenAI job's time to first token."""
+        started = time.monotonic()
+        try:
+            await self.openai.server()
+        except Exception:
+            log.exception("Building vLLM's OpenAI serving layer failed; the first OpenAI job will try again.")
+            return
+        log.info("OpenAI routes ready (vLLM's serving layer built in %.2f s).", time.monotonic() - started)
 
     # ---------------------------------------------------------------- failure and shutdown
 

@@ -66,9 +66,7 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
                        help="what to measure besides the raw engine: handler, dev, vllm-serve, or single routes "
                        "(handler-native, handler-openai, dev-native, dev-openai) (default handler,dev)")
     bench.add_argument("--max-concurrency", type=positive, metavar="N",
-                       help="the worker's MAX_CONCURRENCY (default: twice the highest level, plus 1: RunPod's job "
-                       "loop counts a job still in its queue twice and sleeps 1 s when that fills every slot, so a "
-                       "burst above half the free slots waits a second; give the highest level to see that)")
+                       help="the worker's MAX_CONCURRENCY (default: the highest level)")
     bench.add_argument("--name", help="results folder name (default: model, TP sizes and time)")
     bench.add_argument("--out", default="results/bench", help="where result folders go (default results/bench)")
     bench.add_argument("--handler", help="the worker's handler.py (default: ./handler.py, else the repository's)")

@@ -32,9 +32,8 @@ METHOD = [
     "handler's process, its rounds interleaved with the handler's, so that the comparison holds the handler's "
     "cost and not the noise between processes started minutes apart. `TTFT +ms` of the other paths is against "
     "raw. Targets use the same references.",
-    "The worker runs with MAX_CONCURRENCY (shown above) above twice the highest level: runpod 1.10's job loop "
-    "counts a job still waiting in its queue twice and sleeps 1 s when that fills every slot, so with "
-    "MAX_CONCURRENCY at the level a burst holds about half its jobs for a second (`--max-concurrency` shows it).",
+    "The worker runs with MAX_CONCURRENCY (shown above) at the highest level, so that every request of a round "
+    "runs at once on every path.",
     "Cold start: from the process start to the first token of one streamed request sent as soon as the process "
     "takes requests: for raw and handler the benchmark's process that starts the engine, for vllm-serve the "
     "server's, for dev the `python handler.py` process the dev server starts (RunPod's worker; the dev server's "

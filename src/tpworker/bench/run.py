@@ -46,11 +46,9 @@ def bench_environment(options: argparse.Namespace, tp: int) -> dict[str, str]:
 
 
 def max_concurrency(options: argparse.Namespace) -> int:
-    """Every request of a round must run at once, also through RunPod's job loop. runpod 1.10's
-    JobScaler counts a job that waits in its queue twice (queue + in progress) and sleeps 1 s when
-    that reaches MAX_CONCURRENCY, so a burst of more than half the free slots holds the rest for
-    a second; the default leaves room for that (--max-concurrency shows the effect)."""
-    return options.max_concurrency or 2 * max(options.concurrency) + 1
+    """Every request of a round must run at once, also through RunPod's job loop: the highest level
+    (tpworker.jobloop fills every slot; runpod 1.10's own loop needed about twice that)."""
+    return options.max_concurrency or max(options.concurrency)
 
 
 def plan_engine(env: dict[str, str]):

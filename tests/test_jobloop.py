@@ -1,0 +1,206 @@
+"""tpworker.jobloop: RunPod's job loop with events in place of its sleeps.
+
+These run the SDK's own JobScaler code (job queue, job_progress, stop-signal loop, drain) with two
+test doubles for RunPod's cloud, which cannot exist here: the job-take API (`jobs_fetcher`, fed from an
+asyncio queue) and the job runner (`jobs_handler`, which records when each job runs). The backstop
+is raised to an hour, so a job that is not started by an event would time the test out.
+The full path (the real SDK HTTP job take and result posts against `tpworker dev`) runs in
+test_dev_endpoint.py and the bench.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+import runpod.serverless.worker
+from runpod.serverless.modules import rp_scale
+from runpod.serverless.modules.worker_state import JobsProgress
+
+from tpworker import jobloop
+
+
+class FakeRunPod:
+    """The job-take API and the handler, as far as the job loop sees them."""
+
+    def __init__(self):
+        self.waiting: asyncio.Queue = asyncio.Queue()
+        self.takes: list[int] = []  # jobs asked for, per take
+        self.in_take = False  # a take is waiting for a job (RunPod's long poll)
+        self.running: set[str] = set()
+        self.most_at_once = 0
+        self.finished: list[str] = []
+        self.release: dict[str, asyncio.Event] = {}
+
+    async def take(self, session, jobs_needed):
+        self.takes.append(jobs_needed)
+        self.in_take = True
+        try:
+            jobs = [await self.waiting.get()]
+        finally:
+            self.in_take = False
+        while len(jobs) < jobs_needed and not self.waiting.empty():
+            jobs.append(self.waiting.get_nowait())
+        return jobs
+
+    async def run(self, session, config, job):
+        self.running.add(job["id"])
+        self.most_at_once = max(self.most_at_once, len(self.running))
+        try:
+            await self.release.setdefault(job["id"], asyncio.Event()).wait()
+        finally:
+            self.running.discard(job["id"])
+            self.finished.append(job["id"])
+
+    def submit(self, job_id: str, hold: bool = False) -> None:
+        event = self.release.setdefault(job_id, asyncio.Event())
+        if not hold:
+            event.set()
+        self.waiting.put_nowait({"id": job_id, "input": {}})
+
+
+async def _no_stop_signals(session):
+    await asyncio.sleep(0.05)
+    return []
+
+
+def _scaler(fake: FakeRunPod, concurrency: int) -> jobloop.EventDrivenJobScaler:
+    JobsProgress().clear()  # the SDK's job set is a process-wide singleton kept in a file
+    return jobloop.EventDrivenJobScaler({
+        "concurrency_modifier": lambda current: concurrency,
+        "jobs_fetcher": fake.take,
+        "jobs_handler": fake.run,
+        "stop_signals_fetcher": _no_stop_signals,
+    })
+
+
+async def _until(condition, timeout: float = 10.0) -> None:
+    async def poll():
+        while not condition():
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+@pytest.fixture(autouse=True)
+def no_backstop(monkeypatch):
+    monkeypatch.setattr(jobloop, "BACKSTOP_S", 3600.0)
+
+
+def test_fills_every_slot_and_refills_a_freed_one_at_once():
+    async def scenario():
+        fake = FakeRunPod()
+        scaler = _scaler(fake, concurrency=3)
+        loop_task = asyncio.create_task(scaler.run())
+        for job_id in ("a", "b", "c", "d"):
+            fake.submit(job_id, hold=True)
+        # All three slots fill: the SDK's loop, counting queued jobs twice, would hold the third
+        # job back for its 1 s sleep (here: for the hour-long backstop).
+        await _until(lambda: fake.running == {"a", "b", "c"})
+        assert fake.takes[0] == 3
+        fake.release["b"].set()
+        await _until(lambda: fake.running == {"a", "c", "d"})
+        for job_id in ("a", "c", "d"):
+            fake.release[job_id].set()
+        await _until(lambda: len(fake.finished) == 4)
+        assert fake.most_at_once == 3
+        await _until(lambda: fake.in_take)
+        scaler.kill_worker()
+        fake.submit("unblocks-the-take")  # the take long-polls; the SDK waits for it too
+        await asyncio.wait_for(loop_task, 10)
+        # A job the take returned after the stop was taken from RunPod: the drain runs it.
+        assert fake.finished[-1] == "unblocks-the-take"
+
+    asyncio.run(scenario())
+
+
+def test_a_job_taken_while_idle_starts_without_waiting_for_a_poll():
+    async def scenario():
+        fake = FakeRunPod()
+        scaler = _scaler(fake, concurrency=2)
+        loop_task = asyncio.create_task(scaler.run())
+        await _until(lambda: fake.takes)  # idle, waiting in the take
+        for job_id in ("x", "y", "z"):
+            fake.submit(job_id)
+            await _until(lambda: job_id in fake.finished)
+        await _until(lambda: fake.in_take)
+        scaler.kill_worker()
+        fake.submit("last")
+        await asyncio.wait_for(loop_task, 10)
+        assert fake.finished[:3] == ["x", "y", "z"]
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_drains_the_jobs_in_flight():
+    async def scenario():
+        fake = FakeRunPod()
+        scaler = _scaler(fake, concurrency=2)
+        loop_task = asyncio.create_task(scaler.run())
+        fake.submit("long", hold=True)
+        await _until(lambda: fake.running == {"long"} and fake.in_take)
+        scaler.kill_worker()
+        await asyncio.sleep(0.3)  # the SDK's loop has seen the stop by now and only drains
+        assert not loop_task.done(), "the loop stopped with a job in flight"
+        fake.submit("after-stop")  # the pending take returns a job after the stop
+        await asyncio.sleep(0.1)
+        fake.release["long"].set()
+        await asyncio.wait_for(loop_task, 10)
+        assert "long" in fake.finished
+        # A job the take returned after the stop is queued; the drain runs it rather than dropping it.
+        assert "after-stop" in fake.finished
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_job_take_backs_off_instead_of_spinning():
+    async def scenario():
+        calls = 0
+
+        async def unreachable(session, jobs_needed):
+            nonlocal calls
+            calls += 1
+            raise ConnectionError("the job-take API is unreachable")
+
+        JobsProgress().clear()
+        scaler = jobloop.EventDrivenJobScaler({
+            "concurrency_modifier": lambda current: 1,
+            "jobs_fetcher": unreachable,
+            "jobs_handler": FakeRunPod().run,
+            "stop_signals_fetcher": _no_stop_signals,
+        })
+        loop_task = asyncio.create_task(scaler.run())
+        await asyncio.sleep(1.0)
+        scaler.kill_worker()
+        await asyncio.wait_for(loop_task, 10)
+        # Backoff 0.1, 0.2, 0.5 s: 4 takes in the first second (the SDK's loop makes thousands).
+        assert 2 <= calls <= 5, calls
+
+    asyncio.run(scenario())
+
+
+def test_the_sdk_still_has_the_shape_this_replaces():
+    """A runpod upgrade that renames or reshapes what jobloop overrides fails here, not in production."""
+    base = rp_scale.JobScaler
+    for name, parameters in {
+        "get_jobs": ["self", "session"],
+        "run_jobs": ["self", "session"],
+        "handle_job": ["self", "session", "job"],
+        "run": ["self"],
+        "kill_worker": ["self"],
+        "set_scale": ["self"],
+    }.items():
+        assert list(inspect.signature(getattr(base, name)).parameters) == parameters, name
+    scaler = base({})
+    for attribute in ("jobs_queue", "job_progress", "jobs_tasks", "jobs_fetcher", "jobs_fetcher_timeout",
+                      "current_concurrency", "config"):
+        assert hasattr(scaler, attribute), attribute
+    # run_worker looks JobScaler up on the module when it starts, which is what install() relies on.
+    assert "rp_scale.JobScaler(" in inspect.getsource(runpod.serverless.worker.run_worker)
+
+
+def test_install_makes_the_sdk_build_this_loop(monkeypatch):
+    monkeypatch.setattr(rp_scale, "JobScaler", rp_scale.JobScaler)  # undone after the test
+    jobloop.install()
+    assert rp_scale.JobScaler is jobloop.EventDrivenJobScaler
