@@ -77,6 +77,23 @@ def test_weight_scaling_compares_with_the_smallest_tp_size():
     assert second["ratio"] == pytest.approx(230 / 400) and second["limit"] == pytest.approx(0.55)
 
 
+def test_a_dev_target_shows_how_far_the_same_engine_moves_between_processes():
+    def level(tokens_per_s_vs_raw=None, paired=None):
+        return {"vs_raw": {"tokens_per_s": tokens_per_s_vs_raw}, "vs_paired": paired or {}}
+
+    result = {"workload": {"stream": False}, "runs": {"1": {"cold_start": {}, "routes": {
+        "raw": {"levels": {"8": level(1.0)}},
+        "raw-paired": {"levels": {"8": level(0.93)}},
+        "handler-native": {"levels": {"8": level(0.95, {"tokens_per_s": 1.01})}},
+        "dev-native": {"levels": {"8": level(0.96)}},
+    }}}}
+    rows = {(row["route"], row["what"]): row for row in targets.evaluate(result)}
+    dev = rows[("dev-native", "tokens/s vs raw")]
+    assert dev["met"] and dev["between_processes"] == pytest.approx(0.93)
+    handler = rows[("handler-native", "tokens/s vs raw-paired")]
+    assert handler["value"] == pytest.approx(1.01) and "between_processes" not in handler
+
+
 @pytest.fixture(scope="module")
 def bench_run(models, tmp_path_factory):
     """One real, small run: raw + handler routes at TP=1 (two engines, one after the other)."""

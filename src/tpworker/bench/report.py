@@ -34,6 +34,10 @@ METHOD = [
     "raw. Targets use the same references.",
     "The worker runs with MAX_CONCURRENCY (shown above) at the highest level, so that every request of a round "
     "runs at once on every path.",
+    "`same engine, other process` in the targets: raw-paired's tokens/s over raw's at that level, i.e. the same "
+    "engine driven the same way in two processes started minutes apart. Its distance from 1 is how much a "
+    "comparison between processes (dev or vllm-serve against raw) moves with the machine alone; a miss smaller "
+    "than that is not resolved by this run.",
     "Cold start: from the process start to the first token of one streamed request sent as soon as the process "
     "takes requests: for raw and handler the benchmark's process that starts the engine, for vllm-serve the "
     "server's, for dev the `python handler.py` process the dev server starts (RunPod's worker; the dev server's "
@@ -105,11 +109,13 @@ def target_rows(result: dict) -> list[list[str]]:
         digits = 3 if t["what"].startswith(("tokens/s", "weights")) else 2  # ratios, else ms or s
         rows.append([t["tp"], t["what"], t["route"] or "", "" if t["concurrency"] is None else str(t["concurrency"]),
                      _f(t["value"], digits), f"{t['sense']} {t['target']:.{digits}f}", "yes" if t["met"] else "NO",
-                     _f(t["margin"], digits)])
+                     _f(t["margin"], digits),
+                     _f(t["between_processes"], 3) if "between_processes" in t else ""])
     return rows
 
 
-TARGET_HEADER = ["TP", "check", "path", "conc.", "measured", "target", "met", "margin"]
+# the last column: raw-paired over raw, the same engine in another process (targets.between_processes)
+TARGET_HEADER = ["TP", "check", "path", "conc.", "measured", "target", "met", "margin", "same engine, other process"]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

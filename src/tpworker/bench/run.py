@@ -18,11 +18,13 @@ from pathlib import Path
 from tpworker.bench import machine, report, results, targets
 from tpworker.bench.workload import TAG_TOKENS, Workload, prompt_body
 
-# Which process serves which routes, in the order they run.
+# Which process serves which routes, in the order they run. dev and vllm-serve are compared with raw,
+# a process started minutes apart (a machine's speed drifts between processes; on a shared 2-core VM by
+# 10-20 %), so dev runs right after raw; the handler has its own reference in process (raw-paired).
 PHASES = {
     "raw": ("raw",),
-    "handler": ("handler-native", "handler-openai", "raw-paired"),
     "dev": ("dev-native", "dev-openai"),
+    "handler": ("handler-native", "handler-openai", "raw-paired"),
     "vllm-serve": ("vllm-serve",),
 }
 ROOT = Path(__file__).resolve().parents[3]
