@@ -136,6 +136,12 @@ def test_a_real_run_measures_every_route_and_completes_every_request(bench_run):
         # the embedded model is ~277 MB of bf16 weights; the load measured by the engine holds them
         assert 200 * 2**20 < rank["loading_bytes"] < 1024 * 2**20
         assert 0 < rank["tensor_bytes"] <= rank["loading_bytes"]
+    for phase in ("raw", "handler"):
+        cpu = run["cpu"][phase]
+        assert cpu["wall_s"] > 0 and cpu["cores"] >= 1
+        # the engine's ranks did the generating: they used CPU, and no part used more than the machine
+        assert cpu["seconds"]["deeper"] > 0.1 * cpu["wall_s"]
+        assert 0 < sum(cpu["seconds"].values()) <= 1.05 * cpu["wall_s"] * cpu["cores"]
     checks = {(t["what"], t["route"], t["concurrency"]) for t in result["targets"]}
     assert ("TTFT added vs raw-paired (ms)", "handler-native", 1) in checks
     assert ("cold start added (s)", "handler-native", None) in checks
@@ -148,6 +154,7 @@ def test_a_real_run_writes_markdown_a_chart_and_a_terminal_table(bench_run):
     folder, stdout = bench_run
     markdown = (folder / "result.md").read_text()
     for text in ("## TP=1: throughput and latency", "| handler-openai | 2 |", "## Cold start and weight memory",
+                 "## CPU during the measured rounds",
                  "## Targets", "## Method", "tpworker bench --tp 1 --concurrency 1,2", "tokens_per_s.png"):
         assert text in markdown, text
     png = (folder / "tokens_per_s.png").read_bytes()

@@ -180,18 +180,35 @@ def test_a_cancelled_job_aborts_its_engine_request(worker):
     assert worker.run(cancel_mid_stream())
 
 
-def test_the_job_loops_first_call_builds_the_openai_routes_before_any_openai_job(worker):
-    """RunPod's job loop calls concurrency_modifier when it starts; the worker builds vLLM's OpenAI
-    serving layer then, so that the first OpenAI job does not wait for it."""
+def test_the_openai_routes_are_built_once_the_worker_is_idle_after_the_job_loop_starts(worker):
+    """RunPod's job loop calls concurrency_modifier when it starts; the worker then builds vLLM's
+    OpenAI serving layer (about a second, mostly holding the event loop) as soon as no job is in
+    flight, so that neither a job waiting at start nor the first OpenAI job waits for it."""
+    import asyncio
+
+    import handler
+    from tpworker import app
+    from tpworker.worker import OPENAI_WARMUP_DELAY_S
+
     running = worker.worker
     assert running.openai._server is None, "no OpenAI job ran in this module before"
+    job = {"id": "in-flight", "input": {"prompt": "Count to a hundred:", "stream": True,
+                                        "sampling_params": {"max_tokens": 200, "ignore_eos": True}}}
 
     async def start_of_job_loop():
+        app._worker = running
+        outputs = handler.handler(job)
+        first = await anext(outputs)  # a job is in flight
         concurrency = running.concurrency(1)
-        await running._openai_warmup
-        return concurrency
+        await asyncio.sleep(OPENAI_WARMUP_DELAY_S + 0.5)
+        built_while_busy = running.openai._server is not None
+        await outputs.aclose()  # the job ends: the worker is idle
+        await asyncio.wait_for(running._openai_warmup, 60)
+        return first, concurrency, built_while_busy
 
-    assert worker.run(start_of_job_loop()) == running.settings.max_concurrency
+    first, concurrency, built_while_busy = worker.run(start_of_job_loop())
+    assert first["choices"][0]["tokens"] and concurrency == running.settings.max_concurrency
+    assert not built_while_busy
     assert running.openai._server is not None
     models = worker.job({"openai_route": "/v1/models", "openai_input": {}})
     assert [m["id"] for m in models[0]["data"]] == list(worker.plan.engine_args["served_model_name"])

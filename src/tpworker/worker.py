@@ -43,6 +43,7 @@ def limits(settings: WorkerSettings) -> Limits:
     )
 
 
+OPENAI_WARMUP_DELAY_S = 1.0
 ENGINE_STOPPED = "The engine has stopped; this worker is restarting. Retry the request."
 
 
@@ -88,6 +89,8 @@ class Worker:
         self._refusal: JobError | None = None  # set once the worker takes no more jobs
         self._shutdown_hooked = False
         self._openai_warmup: asyncio.Task | None = None
+        self._idle = asyncio.Event()  # set while no job is in flight
+        self._idle.set()
 
     def close(self) -> None:
         """Shut the engine down; the OpenAI serving objects hold it too, so drop them first."""
@@ -106,8 +109,12 @@ class Worker:
         return self.settings.max_concurrency
 
     async def _prepare_openai(self) -> None:
-        """vLLM's OpenAI serving objects take about a second to build (on CPU here): built while
-        the worker waits for its first job, not inside the first OpenAI job's time to first token."""
+        """vLLM's OpenAI serving objects take about a second to build (on CPU here), most of it
+        holding the event loop: built once the worker is idle, so that neither the job that is
+        usually waiting when a worker starts nor a running stream waits for it, and the first
+        OpenAI job after that does not either. (An OpenAI job that comes first builds them itself.)"""
+        await asyncio.sleep(OPENAI_WARMUP_DELAY_S)  # lets the job loop take a job waiting at start
+        await self._idle.wait()
         started = time.monotonic()
         try:
             await self.openai.server()
@@ -166,6 +173,7 @@ class Worker:
         self._loop = self._loop or asyncio.get_running_loop()
         key, stop = next(self._ids), self._loop.create_future()
         self._in_flight[key] = stop
+        self._idle.clear()
         try:
             if self._refusal is not None:
                 raise self._refusal
@@ -191,6 +199,8 @@ class Worker:
             yield JobError(f"Internal error: {type(e).__name__}: {e}", type="InternalServerError", code=500).to_output()
         finally:
             del self._in_flight[key]
+            if not self._in_flight:
+                self._idle.set()
             if not stop.done():
                 stop.cancel()
             elif not stop.cancelled():

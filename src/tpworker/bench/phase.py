@@ -156,6 +156,52 @@ async def first_request(runner: paths.Runner, text: str, server: subprocess.Pope
 # ------------------------------------------------------------------------- measuring
 
 
+class CpuMeter:
+    """CPU seconds used during the measured rounds by: this process (the benchmark's client; in the
+    raw and handler phases also the engine's front end), the server it started (tpworker dev's
+    endpoint, or vllm serve's front end), the processes right below the top one (the server, else
+    this one: vLLM's engine core, or for dev the worker's `python handler.py`) and those below them. Where the client and the dev server, which stand in for the user and RunPod's
+    cloud, take CPU from the engine on a small machine, this says how much."""
+
+    def __init__(self, server: subprocess.Popen | None):
+        import psutil
+
+        self.me = psutil.Process()
+        self.server = psutil.Process(server.pid) if server is not None else None
+
+    @staticmethod
+    def _seconds(processes) -> float:
+        import psutil
+
+        total = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system
+        return total
+
+    def snapshot(self) -> dict[str, float]:
+        top = self.server if self.server is not None else self.me
+        try:
+            direct = top.children()
+            deeper = [p for p in top.children(recursive=True) if p.pid not in {d.pid for d in direct}]
+        except Exception:  # the server is gone: nothing below it to count
+            direct, deeper = [], []
+        groups = {"bench": self._seconds([self.me]), "direct": self._seconds(direct), "deeper": self._seconds(deeper)}
+        if self.server is not None:
+            groups["server"] = self._seconds([self.server])
+        return {"at": time.perf_counter(), **groups}
+
+    @staticmethod
+    def used(before: dict, after: dict) -> dict:
+        import psutil
+
+        return {"wall_s": after["at"] - before["at"], "cores": psutil.cpu_count(),
+                "seconds": {k: after[k] - before[k] for k in before if k != "at"}}
+
+
 async def measure(spec: dict, runners: dict[str, paths.Runner], events: Events, spawned_at: float,
                   llm=None, server: subprocess.Popen | None = None) -> None:
     workload = Workload.from_json(spec["workload"])
@@ -184,6 +230,8 @@ async def measure(spec: dict, runners: dict[str, paths.Runner], events: Events, 
             events.emit("round", route=name, concurrency=top, rep=w, warmup=True,
                         figures=round_figures(timings, workload.output_tokens))
     names = list(runners)
+    meter = CpuMeter(server)
+    before = meter.snapshot()
     for level in workload.concurrency:
         for rep in range(workload.repetitions):
             shift = rep % len(names)
@@ -192,6 +240,7 @@ async def measure(spec: dict, runners: dict[str, paths.Runner], events: Events, 
                 timings = await paths.one_round(runners[name], prompts, workload.stream)
                 events.emit("round", route=name, concurrency=level, rep=rep, warmup=False,
                             figures=round_figures(timings, workload.output_tokens))
+    events.emit("cpu", **CpuMeter.used(before, meter.snapshot()))
     for runner in runners.values():
         await runner.close()
 

@@ -38,6 +38,10 @@ METHOD = [
     "engine driven the same way in two processes started minutes apart. Its distance from 1 is how much a "
     "comparison between processes (dev or vllm-serve against raw) moves with the machine alone; a miss smaller "
     "than that is not resolved by this run.",
+    "CPU during the measured rounds: the user and system CPU seconds of each part of a phase (psutil, from the "
+    "first measured round to the last), as a share of all cores over that time. On a GPU machine the engine's "
+    "work is on the GPUs and these shares are the host's; on a CPU-only machine the client and the dev server "
+    "(which stand in for the user and RunPod's cloud, elsewhere in production) take their share from the engine.",
     "Cold start: from the process start to the first token of one streamed request sent as soon as the process "
     "takes requests: for raw and handler the benchmark's process that starts the engine, for vllm-serve the "
     "server's, for dev the `python handler.py` process the dev server starts (RunPod's worker; the dev server's "
@@ -102,6 +106,31 @@ def start_rows(result: dict) -> list[list[str]]:
 
 START_HEADER = ["TP", "process", "cold start s", "vs raw s", "weights/rank MiB", "torch tensors/rank MiB"]
 
+# What each process of a phase is (CpuMeter's groups), per phase.
+CPU_PARTS = {
+    "raw": {"bench": "client + engine front end", "direct": "engine core", "deeper": "ranks"},
+    "handler": {"bench": "client + worker front end", "direct": "engine core", "deeper": "ranks"},
+    "dev": {"bench": "client", "server": "dev server (RunPod's part)", "direct": "worker front end (handler.py)",
+            "deeper": "engine core + ranks"},
+    "vllm-serve": {"bench": "client", "server": "vllm serve front end", "direct": "engine core", "deeper": "ranks"},
+}
+
+
+def cpu_rows(result: dict) -> list[list[str]]:
+    """Each process group's share of the machine (cores x wall time) during the measured rounds."""
+    rows = []
+    for tp, run in result["runs"].items():
+        for phase, cpu in run.get("cpu", {}).items():
+            capacity = cpu["wall_s"] * cpu["cores"]
+            parts = [f"{label} {cpu['seconds'][group] / capacity:.0%}"
+                     for group, label in CPU_PARTS.get(phase, {}).items() if group in cpu["seconds"]]
+            total = sum(cpu["seconds"].values()) / capacity
+            rows.append([tp, phase, _f(cpu["wall_s"], 0), "; ".join(parts), f"{total:.0%}"])
+    return rows
+
+
+CPU_HEADER = ["TP", "process", "rounds s", "CPU by part (share of all cores)", "all parts"]
+
 
 def target_rows(result: dict) -> list[list[str]]:
     rows = []
@@ -160,6 +189,8 @@ def markdown(result: dict) -> str:
         for error in run["errors"]:
             out += [f"**{error['phase']} failed**: {error['message']}", ""]
     out += ["## Cold start and weight memory", "", _table(START_HEADER, start_rows(result)), ""]
+    if cpu_rows(result):
+        out += ["## CPU during the measured rounds", "", _table(CPU_HEADER, cpu_rows(result)), ""]
     scaling = result.get("tp_scaling")
     if scaling and len(scaling["sizes"]) > 1:
         out += [f"Weights per rank against TP={scaling['base_tp']}: " + ", ".join(
@@ -239,5 +270,7 @@ def show(result: dict, console) -> None:
     for tp, run in result["runs"].items():
         console.print(table(f"TP={tp}: throughput and latency", THROUGHPUT_HEADER, throughput_rows(run)))
     console.print(table("Cold start and weight memory", START_HEADER, start_rows(result)))
+    if cpu_rows(result):
+        console.print(table("CPU during the measured rounds", CPU_HEADER, cpu_rows(result)))
     if result["targets"]:
         console.print(table("Targets", TARGET_HEADER, target_rows(result)))

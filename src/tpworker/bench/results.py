@@ -7,7 +7,7 @@ from tpworker.bench import metrics
 
 
 def new_run() -> dict:
-    return {"routes": {}, "cold_start": {}, "weights": {}, "errors": []}
+    return {"routes": {}, "cold_start": {}, "weights": {}, "cpu": {}, "errors": []}
 
 
 def record(run: dict, phase: str, event: dict) -> None:
@@ -27,6 +27,8 @@ def record(run: dict, phase: str, event: dict) -> None:
         else:
             level = route["levels"].setdefault(str(event["concurrency"]), {"rounds": []})
             level["rounds"].append(event["figures"])
+    elif kind == "cpu":
+        run["cpu"][phase] = {"wall_s": event["wall_s"], "cores": event["cores"], "seconds": event["seconds"]}
     elif kind == "error":
         run["errors"].append({"phase": phase, "message": event["message"]})
 
