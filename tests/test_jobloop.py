@@ -65,14 +65,17 @@ async def _no_stop_signals(session):
     return []
 
 
-def _scaler(fake: FakeRunPod, concurrency: int) -> jobloop.EventDrivenJobScaler:
+def _start(concurrency: int, take=None) -> tuple[FakeRunPod, jobloop.EventDrivenJobScaler, asyncio.Task]:
+    """The job loop running on a FakeRunPod (its job take, or `take`). Call inside an event loop."""
+    fake = FakeRunPod()
     JobsProgress().clear()  # the SDK's job set is a process-wide singleton kept in a file
-    return jobloop.EventDrivenJobScaler({
+    scaler = jobloop.EventDrivenJobScaler({
         "concurrency_modifier": lambda current: concurrency,
-        "jobs_fetcher": fake.take,
+        "jobs_fetcher": take or fake.take,
         "jobs_handler": fake.run,
         "stop_signals_fetcher": _no_stop_signals,
     })
+    return fake, scaler, asyncio.create_task(scaler.run())
 
 
 async def _until(condition, timeout: float = 10.0) -> None:
@@ -90,9 +93,7 @@ def no_backstop(monkeypatch):
 
 def test_fills_every_slot_and_refills_a_freed_one_at_once():
     async def scenario():
-        fake = FakeRunPod()
-        scaler = _scaler(fake, concurrency=3)
-        loop_task = asyncio.create_task(scaler.run())
+        fake, scaler, loop_task = _start(concurrency=3)
         for job_id in ("a", "b", "c", "d"):
             fake.submit(job_id, hold=True)
         # All three slots fill: the SDK's loop, counting queued jobs twice, would hold the third
@@ -117,9 +118,7 @@ def test_fills_every_slot_and_refills_a_freed_one_at_once():
 
 def test_a_job_taken_while_idle_starts_without_waiting_for_a_poll():
     async def scenario():
-        fake = FakeRunPod()
-        scaler = _scaler(fake, concurrency=2)
-        loop_task = asyncio.create_task(scaler.run())
+        fake, scaler, loop_task = _start(concurrency=2)
         await _until(lambda: fake.takes)  # idle, waiting in the take
         for job_id in ("x", "y", "z"):
             fake.submit(job_id)
@@ -135,9 +134,7 @@ def test_a_job_taken_while_idle_starts_without_waiting_for_a_poll():
 
 def test_shutdown_drains_the_jobs_in_flight():
     async def scenario():
-        fake = FakeRunPod()
-        scaler = _scaler(fake, concurrency=2)
-        loop_task = asyncio.create_task(scaler.run())
+        fake, scaler, loop_task = _start(concurrency=2)
         fake.submit("long", hold=True)
         await _until(lambda: fake.running == {"long"} and fake.in_take)
         scaler.kill_worker()
@@ -163,14 +160,7 @@ def test_a_failing_job_take_backs_off_instead_of_spinning():
             calls += 1
             raise ConnectionError("the job-take API is unreachable")
 
-        JobsProgress().clear()
-        scaler = jobloop.EventDrivenJobScaler({
-            "concurrency_modifier": lambda current: 1,
-            "jobs_fetcher": unreachable,
-            "jobs_handler": FakeRunPod().run,
-            "stop_signals_fetcher": _no_stop_signals,
-        })
-        loop_task = asyncio.create_task(scaler.run())
+        _, scaler, loop_task = _start(concurrency=1, take=unreachable)
         await asyncio.sleep(1.0)
         scaler.kill_worker()
         await asyncio.wait_for(loop_task, 10)

@@ -82,12 +82,10 @@ class EventDrivenJobScaler(rp_scale.JobScaler):
                                               timeout=self.jobs_fetcher_timeout)
                 failed_takes = 0
             except TooManyRequests:
-                await asyncio.sleep(TOO_MANY_REQUESTS_BACKOFF_S)
+                await _wait(self._shutdown_event, TOO_MANY_REQUESTS_BACKOFF_S)
                 continue
             except asyncio.TimeoutError:
                 continue  # the long poll ended with no job
-            except asyncio.CancelledError:
-                raise
             except Exception as error:  # the SDK logs and retries; so do we, after a pause
                 delay = FAILED_TAKE_BACKOFF_S[min(failed_takes, len(FAILED_TAKE_BACKOFF_S) - 1)]
                 failed_takes += 1
@@ -101,7 +99,6 @@ class EventDrivenJobScaler(rp_scale.JobScaler):
                 self.job_progress.add(job)
             if jobs:
                 self._job_queued.set()
-            await asyncio.sleep(0)
 
     async def run_jobs(self, session):
         running: set[asyncio.Task] = set()

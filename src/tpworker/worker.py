@@ -100,7 +100,7 @@ class Worker:
     def concurrency(self, current: int = 0) -> int:
         """RunPod's concurrency_modifier: how many jobs this worker takes at once. The job loop
         calls it first thing, after installing its own SIGTERM handler: chain ours onto it there,
-        and start building the OpenAI serving layer in the loop that will serve the jobs."""
+        and schedule the OpenAI serving layer's build in the loop that will serve the jobs."""
         if not self._shutdown_hooked:
             self._shutdown_hooked = True
             self._loop = asyncio.get_running_loop()

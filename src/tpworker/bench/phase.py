@@ -27,6 +27,8 @@ import time
 import traceback
 from pathlib import Path
 
+import psutil
+
 from tpworker.bench import paths
 from tpworker.bench.metrics import round_figures
 from tpworker.bench.workload import Workload, prompt
@@ -160,24 +162,21 @@ class CpuMeter:
     """CPU seconds used during the measured rounds by: this process (the benchmark's client; in the
     raw and handler phases also the engine's front end), the server it started (tpworker dev's
     endpoint, or vllm serve's front end), the processes right below the top one (the server, else
-    this one: vLLM's engine core, or for dev the worker's `python handler.py`) and those below them. Where the client and the dev server, which stand in for the user and RunPod's
-    cloud, take CPU from the engine on a small machine, this says how much."""
+    this one): vLLM's engine core, or for dev the worker's `python handler.py`, and those below them.
+    On a small machine this says how much the client and the dev server (the user and RunPod's
+    cloud, elsewhere in production) take from the engine."""
 
     def __init__(self, server: subprocess.Popen | None):
-        import psutil
-
         self.me = psutil.Process()
         self.server = psutil.Process(server.pid) if server is not None else None
 
     @staticmethod
     def _seconds(processes) -> float:
-        import psutil
-
         total = 0.0
         for process in processes:
             try:
                 times = process.cpu_times()
-            except psutil.Error:
+            except psutil.Error:  # exited meanwhile
                 continue
             total += times.user + times.system
         return total
@@ -186,9 +185,11 @@ class CpuMeter:
         top = self.server if self.server is not None else self.me
         try:
             direct = top.children()
-            deeper = [p for p in top.children(recursive=True) if p.pid not in {d.pid for d in direct}]
-        except Exception:  # the server is gone: nothing below it to count
-            direct, deeper = [], []
+            below = top.children(recursive=True)
+        except psutil.Error:  # the server is gone: nothing below it to count
+            direct, below = [], []
+        direct_pids = {p.pid for p in direct}
+        deeper = [p for p in below if p.pid not in direct_pids]
         groups = {"bench": self._seconds([self.me]), "direct": self._seconds(direct), "deeper": self._seconds(deeper)}
         if self.server is not None:
             groups["server"] = self._seconds([self.server])
@@ -196,8 +197,6 @@ class CpuMeter:
 
     @staticmethod
     def used(before: dict, after: dict) -> dict:
-        import psutil
-
         return {"wall_s": after["at"] - before["at"], "cores": psutil.cpu_count(),
                 "seconds": {k: after[k] - before[k] for k in before if k != "at"}}
 
