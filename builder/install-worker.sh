@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Image build step: install the worker and runpod==1.10.0 into the base image's Python, keeping
-# vLLM and its dependencies exactly as the base image ships them, then check what was installed.
+# every package of the base (vLLM and what it runs with) exactly as it ships, then check what was installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 builder/vllm_constraints.py > /tmp/vllm-constraints.txt
-echo "Holding $(wc -l < /tmp/vllm-constraints.txt) packages at the base image's versions."
+# Every package the base has stays at its version; what the worker adds comes at builder/requirements.lock's.
+python3 builder/image_requirements.py builder/requirements.lock /tmp/base-constraints.txt /tmp/worker-requirements.txt
 # The official image installs its packages with uv into the system Python; do the same.
 if command -v uv >/dev/null; then
-  uv pip install --system --no-cache --constraint /tmp/vllm-constraints.txt -r builder/requirements.txt .
+  uv pip install --system --no-cache --constraint /tmp/base-constraints.txt -r /tmp/worker-requirements.txt .
 else
-  python3 -m pip install --no-cache-dir --constraint /tmp/vllm-constraints.txt -r builder/requirements.txt .
+  python3 -m pip install --no-cache-dir --constraint /tmp/base-constraints.txt -r /tmp/worker-requirements.txt .
 fi
-rm /tmp/vllm-constraints.txt
+rm /tmp/base-constraints.txt /tmp/worker-requirements.txt
 
 python3 - <<'PY'
 from importlib import metadata

