@@ -34,6 +34,7 @@ def test_streamed_chat_at_tp2_prints_chunks_and_paris_and_exits_0(models):
     assert len(chunks) > 1
     assert "--- text of choice 0: " in output and "Paris" in output.split("--- text of choice 0: ")[1]
     assert "TP=2 x PP=1" in output and "VLLM_CPU_OMP_THREADS_BIND=0|1" in output
+    assert "No GPU: running in float32" in output  # DTYPE unset: the answer holds on every CPU
 
 
 def test_a_bad_job_prints_an_error_naming_the_field_and_exits_1():

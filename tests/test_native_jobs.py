@@ -1,4 +1,5 @@
-"""Native jobs through handler.handler on one real vLLM CPU engine (TP=1, bfloat16)."""
+"""Native jobs through handler.handler on one real vLLM CPU engine (TP=1, float32: the default with no GPU,
+so the exact answers asserted here hold on every CPU)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """TP=2 computes what TP=1 computes, on the real vLLM CPU engine, through handler.handler.
 
-float32: identical greedy token ids. bfloat16: the ranks sum in a different order, so sequences may
-part ways; where they first differ, each side's token must be among the other side's 5 most likely
-(the rule from NOTES.md)."""
+float32: identical greedy token ids, and the chat question's real answer. bfloat16: the ranks sum in a
+different order, and the kernels differ between CPUs (README, "Known issues"), so sequences may part ways;
+where they first differ, each side's token must be among the other side's 5 most likely. bfloat16 is never
+held to an exact answer."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ TOKENS = 32
 
 
 CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"}],
-        "stream": True, "sampling_params": {"temperature": 0, "max_tokens": 24}}
+        "stream": True, "sampling_params": {"temperature": 0, "max_tokens": 24, "logprobs": 5}}
 
 
 def greedy_runs(tp: int, dtype: str) -> dict:
@@ -56,22 +57,35 @@ def test_tp2_float32_greedy_equals_tp1_token_for_token(float32_runs):
         assert text_of(tp2) == text_of(tp1)
 
 
+def top5(chunks: list[dict]) -> list[set[int]]:
+    return [{t["token_id"] for t in e["top_logprobs"]} for c in chunks for e in c["choices"][0]["logprobs"]]
+
+
+def assert_agree_within_top5(a_chunks: list[dict], b_chunks: list[dict]) -> None:
+    """Greedy runs agree until they first differ; there each side's token is in the other's top 5."""
+    a, b = token_ids_of(a_chunks), token_ids_of(b_chunks)
+    first_difference = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    if first_difference is None:
+        return
+    i = first_difference
+    assert a[i] in top5(b_chunks)[i] and b[i] in top5(a_chunks)[i], (i, a, b)
+
+
 def test_tp2_bfloat16_agrees_with_tp1_within_top5(bfloat16_runs):
-    def top5(chunks):
-        return [{t["token_id"] for t in e["top_logprobs"]} for c in chunks for e in c["choices"][0]["logprobs"]]
-
     for tp1, tp2 in zip(bfloat16_runs[1]["prompts"], bfloat16_runs[2]["prompts"]):
-        a, b = token_ids_of(tp1), token_ids_of(tp2)
-        assert len(a) == len(b) == TOKENS
-        first_difference = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
-        if first_difference is not None:
-            i = first_difference
-            assert a[i] in top5(tp2)[i] and b[i] in top5(tp1)[i], (i, a, b)
+        assert len(token_ids_of(tp1)) == len(token_ids_of(tp2)) == TOKENS
+        assert_agree_within_top5(tp1, tp2)
 
 
-def test_tp1_and_tp2_answer_the_chat_question_streamed(bfloat16_runs, float32_runs):
-    for runs in (bfloat16_runs, float32_runs):
-        for tp in (1, 2):
-            chunks = runs[tp]["chat"]
-            assert len(chunks) > 1
-            assert "Paris" in text_of(chunks)
+def test_tp1_and_tp2_answer_the_chat_question_streamed_in_float32(float32_runs):
+    for tp in (1, 2):
+        chunks = float32_runs[tp]["chat"]
+        assert len(chunks) > 1
+        assert "Paris" in text_of(chunks)
+
+
+def test_bfloat16_chat_agrees_with_float32_within_top5(bfloat16_runs, float32_runs):
+    """On some CPUs bfloat16 answers "L'Étoile, ..." where float32 answers "The capital of France is
+    Paris.": the first token is a near tie. That is allowed; a token float32 finds unlikely is not."""
+    for tp in (1, 2):
+        assert_agree_within_top5(bfloat16_runs[tp]["chat"], float32_runs[tp]["chat"])

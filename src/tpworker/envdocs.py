@@ -84,10 +84,21 @@ def environment_md() -> str:
             "true/false/1/0/yes/no; lists take a JSON array or space/comma separated values; configs take JSON).",
             "A second name after a slash is worker-vllm's name for the same option.",
             "",
+            cpu_defaults_note(),
+            "",
             table(engine_rows()),
             "",
         ]
     )
+
+
+def cpu_defaults_note() -> str:
+    """The defaults the worker sets on a machine with no GPU, where vLLM's would not do."""
+    from tpworker.startup import CPU_DTYPE, CPU_KV_CACHE_BYTES
+
+    return (f"With no GPU, where you have not set them: `DTYPE={CPU_DTYPE}` (vLLM's bfloat16 kernels differ "
+            "between processors and can change a greedy answer), `ENFORCE_EAGER=true` (vLLM's compiled mode gave "
+            f"wrong answers on CPU), and a KV cache of {CPU_KV_CACHE_BYTES // 1024**3} GiB per rank.")
 
 
 def with_table(readme: str) -> str:

@@ -206,15 +206,25 @@ def engine_args(settings: Settings, plan: StartPlan, args: dict[str, Any]) -> di
 
 
 CPU_KV_CACHE_BYTES = 2 * 1024**3
+# vLLM's CPU kernels for bfloat16 differ between processors (oneDNN picks AVX-512 BF16 on one, AMX on
+# another) and round differently; on a near tie of the first token that changes the greedy answer (README,
+# "Known issues"). float32 gives the same tokens on every x86-64 CPU the tests have run on.
+CPU_DTYPE = "float32"
 
 
 def cpu_defaults(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:
     """Engine arguments that suit vLLM's CPU build, where the user has not chosen."""
     defaults: dict[str, Any] = {}
+    if "dtype" not in args:
+        defaults["dtype"] = CPU_DTYPE
+        log.info(
+            "No GPU: running in float32, because bfloat16 kernels differ between CPUs and can change a "
+            "greedy answer (set DTYPE=bfloat16 for speed)."
+        )
     if args.get("pipeline_parallel_size", 1) > 1:
         defaults.update(cpu_pipeline_defaults(args))
     elif "enforce_eager" not in args:
-        # vLLM's compiled mode gave wrong answers on CPU (see NOTES.md) and starts ~4x slower.
+        # vLLM's compiled mode gave wrong answers on CPU (README, "Known issues") and starts ~4x slower.
         defaults["enforce_eager"] = True
         log.info("No GPU: running vLLM in eager mode (set ENFORCE_EAGER=false to compile).")
     memory_chosen = settings.cpu_kv_cache_set or {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(args)
