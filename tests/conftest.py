@@ -11,6 +11,7 @@ import asyncio
 import os
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -174,17 +175,38 @@ class DevEndpoint:
 RELIABILITY: dict[str, list] = {"faults": [], "bad_inputs": [], "load": []}
 
 
+@contextmanager
+def tallied(kind: str, name: str):
+    """Count the block in the reliability summary: survived or refused when it ends without an error,
+    failed when an assertion (or anything else) stops it."""
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        RELIABILITY[kind].append((name, ok))
+
+
 def pytest_terminal_summary(terminalreporter):
+    from tpworker.hardware import describe_cpu
+
     faults, bad, load = RELIABILITY["faults"], RELIABILITY["bad_inputs"], RELIABILITY["load"]
     if not (faults or bad or load):
         return
     write = terminalreporter.write_line
     terminalreporter.section("reliability")
+    write(f"machine: {describe_cpu()}, {len(os.sched_getaffinity(0))} cores")
+
+    def failed(results):
+        names = [name for name, ok in results if not ok]
+        return f"; FAILED: {', '.join(names)}" if names else ""
+
     if faults:
         survived = sum(1 for _, ok in faults if ok)
-        write(f"faults injected: {len(faults)}, survived: {survived} ({', '.join(name for name, _ in faults)})")
+        write(f"faults injected: {len(faults)}, survived: {survived} ({', '.join(name for name, _ in faults)})"
+              + failed(faults))
     if bad:
         refused = sum(1 for _, ok in bad if ok)
-        write(f"bad inputs tried: {len(bad)}, refused with a clear error: {refused}")
+        write(f"bad inputs tried: {len(bad)}, refused with a clear error: {refused}" + failed(bad))
     for completed, lost, duplicated in load:
         write(f"jobs under load: {completed} completed, {lost} lost, {duplicated} duplicated")

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bad_inputs import CASES, LIMITS, MEDIUM_TEXT
-from conftest import RELIABILITY, DevEndpoint
+from conftest import RELIABILITY, DevEndpoint, tallied
 
 pytestmark = pytest.mark.engine
 
@@ -69,10 +69,10 @@ RAW_BODIES = [
 @pytest.mark.parametrize("name,body,expected", RAW_BODIES, ids=[r[0] for r in RAW_BODIES])
 def test_bodies_that_are_not_json_objects_get_a_400(dev, name, body, expected):
     for path in ("/openai/v1/chat/completions", "/run"):
-        answer = httpx.post(dev.url + path, content=body, headers={"content-type": "application/json"}, timeout=30)
-        assert answer.status_code == 400, (path, answer.text)
-        assert any(part in answer.text for part in expected.split("|")), (path, answer.text)
-    RELIABILITY["bad_inputs"].append((name, True))
+        with tallied("bad_inputs", f"{name} ({path})"):
+            answer = httpx.post(dev.url + path, content=body, headers={"content-type": "application/json"}, timeout=30)
+            assert answer.status_code == 400, (path, answer.text)
+            assert any(part in answer.text for part in expected.split("|")), (path, answer.text)
 
 
 def test_openai_errors_over_http_carry_their_status(dev):
@@ -80,18 +80,18 @@ def test_openai_errors_over_http_carry_their_status(dev):
     from openai import BadRequestError, NotFoundError, OpenAI
 
     client = OpenAI(base_url=f"{dev.url}/openai/v1", api_key="x", max_retries=0)
-    with pytest.raises(BadRequestError) as refused:
-        client.chat.completions.create(model="SmolLM2-135M-Instruct", max_tokens=4,
-                                       messages=[{"role": "user", "content": MEDIUM_TEXT}])
-    assert "MAX_PROMPT_TOKENS" in str(refused.value)
-    with pytest.raises(BadRequestError) as refused:
-        client.chat.completions.create(model="SmolLM2-135M-Instruct", max_tokens=4, n=9,
-                                       messages=[{"role": "user", "content": "Hi"}])
-    assert "MAX_N" in str(refused.value)
-    with pytest.raises(NotFoundError):
+    with tallied("bad_inputs", "openai http: prompt limit"):
+        with pytest.raises(BadRequestError) as refused:
+            client.chat.completions.create(model="SmolLM2-135M-Instruct", max_tokens=4,
+                                           messages=[{"role": "user", "content": MEDIUM_TEXT}])
+        assert "MAX_PROMPT_TOKENS" in str(refused.value)
+    with tallied("bad_inputs", "openai http: n limit"):
+        with pytest.raises(BadRequestError) as refused:
+            client.chat.completions.create(model="SmolLM2-135M-Instruct", max_tokens=4, n=9,
+                                           messages=[{"role": "user", "content": "Hi"}])
+        assert "MAX_N" in str(refused.value)
+    with tallied("bad_inputs", "openai http: unknown model"), pytest.raises(NotFoundError):
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "Hi"}])
-    RELIABILITY["bad_inputs"].extend([("openai http: prompt limit", True), ("openai http: n limit", True),
-                                      ("openai http: unknown model", True)])
 
 
 # Property: whatever values a job's sampling parameters hold, the worker answers with either a

@@ -187,9 +187,13 @@ def test_16_concurrent_streamed_jobs_with_max_concurrency_8_all_complete_and_mat
 
 
 def test_health_counts_jobs(dev):
+    before = httpx.get(f"{dev.url}/health").json()["jobs"]
+    assert dev.wait_status(dev.run({"prompt": "Hi", "sampling_params": {"max_tokens": 2}}))["status"] == "COMPLETED"
+    assert dev.wait_status(dev.run({"prompt": 5}))["status"] == "FAILED"
     health = httpx.get(f"{dev.url}/health").json()
     assert health["workers"]["idle"] + health["workers"]["running"] == 1
-    assert health["jobs"]["completed"] > 10 and health["jobs"]["failed"] >= 1
+    assert health["jobs"]["completed"] == before["completed"] + 1
+    assert health["jobs"]["failed"] == before["failed"] + 1
 
 
 def test_a_chat_completion_matches_vllms_own_openai_server(dev, client, models, tmp_path):

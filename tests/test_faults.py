@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from conftest import RELIABILITY, DevEndpoint
+from conftest import DevEndpoint, tallied
 
 pytestmark = pytest.mark.engine
 
@@ -59,9 +59,10 @@ def exits(dev: DevEndpoint) -> list[int]:
     return [int(code) for code in re.findall(r"The worker exited with status (-?\d+)", dev.log())]
 
 
-def wait_exit(dev: DevEndpoint, count: int, seconds: float) -> float:
+def wait_exit(dev: DevEndpoint, before: int, seconds: float) -> float:
+    """Seconds until the worker exits once more than the `before` exits already logged."""
     began = time.monotonic()
-    while len(exits(dev)) < count and time.monotonic() - began < seconds:
+    while len(exits(dev)) <= before and time.monotonic() - began < seconds:
         time.sleep(0.1)
     return time.monotonic() - began
 
@@ -74,59 +75,63 @@ def answers_after_restart(dev: DevEndpoint) -> None:
 
 
 def test_a_stalled_rank_fails_in_flight_jobs_and_the_worker_exits_nonzero(dev):
-    jobs = [streaming(dev, LONG), streaming(dev, LONG)]
-    worker = dev.worker_process()
-    rank_process(worker, 1).send_signal(signal.SIGSTOP)  # rank 0 and the engine core now wait on it
-    stopped = time.monotonic()
+    with tallied("faults", "stalled TP rank (SIGSTOP)"):
+        dev.wait_ready()
+        before = len(exits(dev))
+        jobs = [streaming(dev, LONG), streaming(dev, LONG)]
+        worker = dev.worker_process()
+        rank_process(worker, 1).send_signal(signal.SIGSTOP)  # rank 0 and the engine core now wait on it
+        stopped = time.monotonic()
 
-    ended = [dev.wait_status(job, ("FAILED", "COMPLETED"), STALL_TIMEOUT + 15) for job in jobs]
-    took = time.monotonic() - stopped
-    for status in ended:
-        assert status["status"] == "FAILED", status
-        assert "no progress" in status["error"] and "ENGINE_STALL_TIMEOUT" in status["error"], status
-    assert took < STALL_TIMEOUT + 10, took
-    wait_exit(dev, 1, 30)
-    assert exits(dev) == [3]
-    assert not worker.is_running() or worker.status() == "zombie"
-    RELIABILITY["faults"].append(("stalled TP rank (SIGSTOP)", True))
-    answers_after_restart(dev)
+        ended = [dev.wait_status(job, ("FAILED", "COMPLETED"), STALL_TIMEOUT + 15) for job in jobs]
+        took = time.monotonic() - stopped
+        for status in ended:
+            assert status["status"] == "FAILED", status
+            assert "no progress" in status["error"] and "ENGINE_STALL_TIMEOUT" in status["error"], status
+        assert took < STALL_TIMEOUT + 10, took
+        wait_exit(dev, before, 30)
+        assert exits(dev)[before:] == [3]
+        assert not worker.is_running() or worker.status() == "zombie"
+        answers_after_restart(dev)
 
 
 def test_a_killed_rank_fails_in_flight_jobs_within_10s_and_the_worker_exits_within_30s(dev):
-    dev.wait_ready()
-    jobs = [streaming(dev, LONG), streaming(dev, LONG)]
-    rank_process(dev.worker_process(), 1).kill()
-    killed = time.monotonic()
+    with tallied("faults", "killed TP rank (SIGKILL)"):
+        dev.wait_ready()
+        before = len(exits(dev))
+        jobs = [streaming(dev, LONG), streaming(dev, LONG)]
+        rank_process(dev.worker_process(), 1).kill()
+        killed = time.monotonic()
 
-    ended = [dev.wait_status(job, ("FAILED", "COMPLETED"), 10) for job in jobs]
-    took = time.monotonic() - killed
-    for status in ended:
-        assert status["status"] == "FAILED", status
-        assert "VLLM::Worker_TP1" in status["error"] and "exited" in status["error"], status
-    assert took < 10, took
-    assert wait_exit(dev, 2, 30) < 30
-    assert exits(dev) == [3, 3]
-    RELIABILITY["faults"].append(("killed TP rank (SIGKILL)", True))
-    answers_after_restart(dev)
+        ended = [dev.wait_status(job, ("FAILED", "COMPLETED"), 10) for job in jobs]
+        took = time.monotonic() - killed
+        for status in ended:
+            assert status["status"] == "FAILED", status
+            assert "VLLM::Worker_TP1" in status["error"] and "exited" in status["error"], status
+        assert took < 10, took
+        assert wait_exit(dev, before, 30) < 30
+        assert exits(dev)[before:] == [3]
+        answers_after_restart(dev)
 
 
 def test_sigterm_finishes_jobs_within_the_grace_period_fails_the_rest_and_exits_0(dev):
-    dev.wait_ready()
-    long_job = streaming(dev, LONG)
-    short_job = dev.run({**SHORT, "sampling_params": {"max_tokens": 40, "temperature": 0, "ignore_eos": True}})
-    worker = dev.worker_process()
-    worker.send_signal(signal.SIGTERM)
-    signalled = time.monotonic()
-    after = dev.run(SHORT)  # submitted during the shutdown: served by this worker or the next
+    with tallied("faults", "SIGTERM with jobs in flight"):
+        dev.wait_ready()
+        before = len(exits(dev))
+        long_job = streaming(dev, LONG)
+        short_job = dev.run({**SHORT, "sampling_params": {"max_tokens": 40, "temperature": 0, "ignore_eos": True}})
+        worker = dev.worker_process()
+        worker.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        after = dev.run(SHORT)  # submitted during the shutdown: served by this worker or the next
 
-    short = dev.wait_status(short_job, seconds=GRACE + 10)
-    assert short["status"] == "COMPLETED", short
-    assert short["output"][0]["usage"]["output"] == 40
-    long = dev.wait_status(long_job, seconds=GRACE + 15)
-    assert long["status"] == "FAILED" and "grace period" in long["error"] and "SHUTDOWN_GRACE_SECONDS" in long["error"], long
-    assert GRACE - 1 < time.monotonic() - signalled < GRACE + 15
-    wait_exit(dev, 3, 30)
-    assert exits(dev)[-1] == 0
-    RELIABILITY["faults"].append(("SIGTERM with jobs in flight", True))
-    late = dev.wait_status(after, seconds=180)
-    assert late["status"] == "COMPLETED", late  # nothing lost
+        short = dev.wait_status(short_job, seconds=GRACE + 10)
+        assert short["status"] == "COMPLETED", short
+        assert short["output"][0]["usage"]["output"] == 40
+        long = dev.wait_status(long_job, seconds=GRACE + 15)
+        assert long["status"] == "FAILED" and "grace period" in long["error"] and "SHUTDOWN_GRACE_SECONDS" in long["error"], long
+        assert GRACE - 1 < time.monotonic() - signalled < GRACE + 15
+        wait_exit(dev, before, 30)
+        assert exits(dev)[before:] == [0]
+        late = dev.wait_status(after, seconds=180)
+        assert late["status"] == "COMPLETED", late  # nothing lost

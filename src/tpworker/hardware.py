@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,36 @@ def shm_bytes(path: str = "/dev/shm") -> int | None:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+# The vector extensions vLLM's CPU kernels choose between: with AMX, bfloat16 linear layers and attention run
+# other kernels than with AVX-512 alone, and round differently (README, "Known issues").
+VECTOR_EXTENSIONS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
+
+
+def _cpuinfo_field(name: str) -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":", 1)[0].strip() == name:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_vector_extensions() -> list[str]:
+    """Which of VECTOR_EXTENSIONS this CPU has (its /proc/cpuinfo flags)."""
+    flags = set((_cpuinfo_field("flags") or "").split())
+    return [name for name in VECTOR_EXTENSIONS if name in flags]
+
+
+def describe_cpu() -> str:
+    """E.g. 'AMD EPYC (avx2, avx512f, avx512_bf16)': what a CPU result depends on."""
+    return f"{cpu_model()} ({', '.join(cpu_vector_extensions()) or 'no AVX2/AVX-512/AMX'})"
 
 
 def usable_cpus() -> list[int]:

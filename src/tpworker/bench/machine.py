@@ -10,16 +10,6 @@ from importlib import metadata
 from pathlib import Path
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _version(*packages: str) -> str | None:
     for package in packages:
         try:
@@ -47,7 +37,8 @@ def describe(root: Path) -> dict:
 
     gpus = hardware.visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"))
     return {
-        "cpu": _cpu_model(),
+        "cpu": hardware.cpu_model(),
+        "cpu_vector_extensions": hardware.cpu_vector_extensions(),
         "cores": len(os.sched_getaffinity(0)),
         "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
         "gpus": [f"{g.name} ({g.memory_bytes / 1024**3:.0f} GiB)" for g in gpus],

@@ -156,7 +156,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def describe_machine(result: dict) -> str:
     m, load = result["machine"], result["load"]
     gpus = ", ".join(m["gpus"]) or "no GPU"
-    return (f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {gpus}; {m['os']}, Python {m['python']}, "
+    extensions = m.get("cpu_vector_extensions")  # recorded since results named the CPU's extensions
+    cpu = m["cpu"] if extensions is None else f"{m['cpu']} ({', '.join(extensions) or 'no AVX-512'})"
+    return (f"{cpu}, {m['cores']} cores, {m['memory_gib']} GiB, {gpus}; {m['os']}, Python {m['python']}, "
             f"{m['vllm']}, {m['torch']}, {m['runpod']}; tpworker {m['tpworker_commit']}. Load average (1 min) "
             f"at start {load['at_start'][0]}, during the run {load['during_min']}-{load['during_max']} "
             f"(mean {load['during_mean']}).")
