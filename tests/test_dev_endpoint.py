@@ -27,7 +27,8 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def dev(models, tmp_path_factory):
-    endpoint = DevEndpoint(tmp_path_factory.mktemp("dev") / "dev.log", MAX_CONCURRENCY="8", DTYPE="float32")
+    # DTYPE unset, as a user runs it: float32 with no GPU (what vLLM's own server is compared with below)
+    endpoint = DevEndpoint(tmp_path_factory.mktemp("dev") / "dev.log", MAX_CONCURRENCY="8")
     yield endpoint
     endpoint.close()
 

@@ -224,7 +224,7 @@ def cpu_defaults(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:
     if args.get("pipeline_parallel_size", 1) > 1:
         defaults.update(cpu_pipeline_defaults(args))
     elif "enforce_eager" not in args:
-        # vLLM's compiled mode gave wrong answers on CPU (README, "Known issues") and starts ~4x slower.
+        # vLLM's compiled mode starts ~4x slower on CPU (~90 s for the default model).
         defaults["enforce_eager"] = True
         log.info("No GPU: running vLLM in eager mode (set ENFORCE_EAGER=false to compile).")
     memory_chosen = settings.cpu_kv_cache_set or {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(args)
@@ -242,8 +242,8 @@ def cpu_pipeline_defaults(args: dict[str, Any]) -> dict[str, Any]:
     """PP on CPU: vLLM 0.32's CPU runner allocates the buffer for the activations a stage receives
     from the previous one only in its warm-up pass, which eager mode skips, so the first request
     fails (AssertionError in sync_and_gather_intermediate_tensors). Tracing the model once with
-    torch's eager backend runs that pass and computes what eager mode does (no inductor kernels:
-    those gave wrong answers on CPU), as tests/test_pipeline_parallel.py checks against TP=1."""
+    torch's eager backend runs that pass and computes what eager mode does (no inductor kernels: the same
+    kernels as eager mode), as tests/test_pipeline_parallel.py checks against TP=1."""
     from tpworker import vllm_bridge
 
     if args.get("enforce_eager"):
