@@ -39,13 +39,19 @@ def _environment(variables: Mapping[str, str]):
 
 
 class _Steps:
-    """When the engine core last reported a step (read by the watchdog's thread)."""
+    """When the engine core last reported a step, and how many it has reported (read by the
+    watchdog's thread)."""
 
     def __init__(self):
         self.last = time.monotonic()
+        self.reported = 0
 
     def touch(self) -> None:
         self.last = time.monotonic()
+
+    def report(self) -> None:
+        self.reported += 1
+        self.touch()
 
 
 def _engine_processes() -> dict[psutil.Process, str]:
@@ -85,7 +91,7 @@ class Engine:
         steps = _Steps()
         try:
             with _environment(environment or {}):
-                llm = vllm_bridge.start_async_llm(config, args, on_engine_step=steps.touch)
+                llm = vllm_bridge.start_async_llm(config, args, on_engine_step=steps.report)
         except Exception as e:
             raise EngineStartError(
                 f"vLLM could not start the engine ({' '.join(str(e).split())}); "
@@ -135,6 +141,11 @@ class Engine:
             if gone:
                 lost.append(f"{name} (pid {process.pid})")
         return lost
+
+    @property
+    def has_stepped(self) -> bool:
+        """The engine core has reported a step since it started."""
+        return self._steps.reported > 0
 
     def seconds_without_progress(self) -> float:
         """How long requests have been in flight with no engine step; 0 when idle."""

@@ -122,7 +122,8 @@ class WorkerSettings(BaseModel):
     # Failure handling: see RELIABILITY.md.
     engine_stall_timeout: float = Field(
         120, ge=5, description="Seconds the engine may produce nothing while requests are in flight before "
-        "the worker fails those jobs and exits, so that RunPod replaces it.",
+        "the worker fails those jobs and exits, so that RunPod replaces it (its first step after start, which "
+        "may compile, gets at least 120 s).",
     )
     shutdown_grace_seconds: float = Field(
         30, ge=0, description="On SIGTERM, seconds in-flight jobs get to finish before they end with an error.",

@@ -8,7 +8,8 @@ checks what vLLM itself may take seconds to notice:
 - a vLLM process (engine core or a TP/PP rank) has exited;
 - vLLM reports the engine dead (EngineDeadError);
 - requests are in flight and the engine core has reported no step for ENGINE_STALL_TIMEOUT seconds
-  (a hung collective, a stopped process).
+  (a hung collective, a stopped process); before its first step, which may compile, at least
+  FIRST_STEP_GRACE_S.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ EXIT_ENGINE_FAILED = 3
 CHECK_INTERVAL_S = 0.5
 # After the jobs are told, how long their error outputs get to reach RunPod.
 REPORT_TIMEOUT_S = 10
+# The engine's first step may compile: with TP>1 on CPU, vLLM compiles its vocabulary-shard mask with torch's
+# inductor at the first request (3-8 s here, C++ builds included), after its own warm-up. A stall limit meant
+# for a step every few seconds must not fail that one.
+FIRST_STEP_GRACE_S = 120
 
 
 def engine_problem(engine, stall_timeout: float) -> str | None:
@@ -36,10 +41,12 @@ def engine_problem(engine, stall_timeout: float) -> str | None:
     if engine.dead:
         return "vLLM reports the engine dead"
     stalled = engine.seconds_without_progress()
-    if stalled > stall_timeout:
+    limit = stall_timeout if engine.has_stepped else max(stall_timeout, FIRST_STEP_GRACE_S)
+    if stalled > limit:
+        first = "" if engine.has_stepped else f", and {FIRST_STEP_GRACE_S} s for its first step"
         return (
             f"the engine made no progress for {stalled:.0f} s with {engine.unfinished_requests()} request(s) "
-            f"in flight (ENGINE_STALL_TIMEOUT={stall_timeout:g})"
+            f"in flight (ENGINE_STALL_TIMEOUT={stall_timeout:g}{first})"
         )
     return None
 
