@@ -28,10 +28,12 @@ run: env model
 test: env model
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# hadolint (Dockerfile), actionlint (workflows), shellcheck (build scripts) and the image's other
-# checks; `make test` runs them too (tests/test_image_files.py, tests/test_runpod_hub.py).
+# ruff (the Python code's lint rules and formatting), the layer rules, hadolint (Dockerfile), actionlint
+# (workflows), shellcheck (build scripts) and the image's other checks; `make test` runs them too.
 lint: env
-	$(PY) -m pytest -q tests/test_image_files.py tests/test_runpod_hub.py
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -q tests/test_code_style.py tests/test_layers.py tests/test_image_files.py tests/test_runpod_hub.py
 
 env: $(VENV)/.installed
 

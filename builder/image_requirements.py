@@ -38,7 +38,9 @@ def locked(lock: Path) -> dict[str, tuple[Requirement, set[str]]]:
             parent = note.removeprefix("via").strip()
             if parent:
                 # a package's name, or the file that asked for it ("tpworker (pyproject.toml)", "-r file")
-                packages[current][1].add(parent if "(" in parent or parent.startswith("-r") else canonicalize_name(parent))
+                packages[current][1].add(
+                    parent if "(" in parent or parent.startswith("-r") else canonicalize_name(parent)
+                )
     return packages
 
 
@@ -58,11 +60,16 @@ def main(lock: str, constraints: str, requirements: str) -> None:
     has = set(base) | {SAME_PACKAGE[name] for name in base if name in SAME_PACKAGE}
     Path(constraints).write_text("".join(f"{name}=={version}\n" for name, version in sorted(base.items())))
     packages = locked(Path(lock))
-    added = [packages[name][0] for name in sorted(worker_packages(packages) - has)
-             if packages[name][0].marker is None or packages[name][0].marker.evaluate()]
+    added = [
+        packages[name][0]
+        for name in sorted(worker_packages(packages) - has)
+        if packages[name][0].marker is None or packages[name][0].marker.evaluate()
+    ]
     Path(requirements).write_text("".join(f"{r}\n" for r in added))
-    print(f"The base image has {len(base)} packages, held as they are; the worker adds {len(added)}: "
-          + (", ".join(map(str, added)) or "none"))
+    print(
+        f"The base image has {len(base)} packages, held as they are; the worker adds {len(added)}: "
+        + (", ".join(map(str, added)) or "none")
+    )
 
 
 if __name__ == "__main__":

@@ -26,14 +26,22 @@ def sampling(**params) -> dict:
 
 
 def chat(**body) -> dict:
-    return {"openai_route": "/v1/chat/completions",
-            "openai_input": {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi"}],
-                             "max_tokens": 4, **body}}
+    return {
+        "openai_route": "/v1/chat/completions",
+        "openai_input": {
+            "model": "SmolLM2-135M-Instruct",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 4,
+            **body,
+        },
+    }
 
 
 def completion(**body) -> dict:
-    return {"openai_route": "/v1/completions",
-            "openai_input": {"model": "SmolLM2-135M-Instruct", "prompt": "Hi", "max_tokens": 4, **body}}
+    return {
+        "openai_route": "/v1/completions",
+        "openai_input": {"model": "SmolLM2-135M-Instruct", "prompt": "Hi", "max_tokens": 4, **body},
+    }
 
 
 USER = [{"role": "user", "content": "Hi"}]
@@ -57,7 +65,11 @@ NATIVE = [
     ("message has an unknown role", {"messages": [{"role": "wizard", "content": "Hi"}]}, ["wizard", "Accepted roles"]),
     ("message has no role", {"messages": [{"content": "Hi"}]}, ["messages[0].role"]),
     ("message content is a number", {"messages": [{"role": "user", "content": 5}]}, ["messages[0].content"]),
-    ("message content has a lone surrogate", {"messages": [{"role": "user", "content": "Hi \ud800"}]}, ["messages[0].content", "surrogate"]),
+    (
+        "message content has a lone surrogate",
+        {"messages": [{"role": "user", "content": "Hi \ud800"}]},
+        ["messages[0].content", "surrogate"],
+    ),
     ("prompt has a lone surrogate", {"prompt": "Hi \udfff there"}, ["prompt", "surrogate"]),
     ("sampling_params is a string", {"prompt": "Hi", "sampling_params": "hot"}, ["sampling_params"]),
     ("sampling_params is null", {"prompt": "Hi", "sampling_params": None}, ["sampling_params"]),
@@ -88,14 +100,26 @@ NATIVE = [
     ("chat template in the job", {"messages": USER, "chat_template": "{{ 'x' }}"}, ["chat_template"]),
     ("stream is a list", {"prompt": "Hi", "stream": [1]}, ["stream"]),
     ("max_batch_size is 0", {"prompt": "Hi", "max_batch_size": 0}, ["max_batch_size"]),
-    ("batch_size_growth_factor below 1", {"prompt": "Hi", "batch_size_growth_factor": 0.5}, ["batch_size_growth_factor"]),
+    (
+        "batch_size_growth_factor below 1",
+        {"prompt": "Hi", "batch_size_growth_factor": 0.5},
+        ["batch_size_growth_factor"],
+    ),
     ("apply_chat_template is a list", {"prompt": "Hi", "apply_chat_template": []}, ["apply_chat_template"]),
     ("prompt beyond the context", {"prompt": LONG_TEXT}, ["prompt", "2048"]),
     ("prompt over the limit", {"prompt": MEDIUM_TEXT}, ["prompt", "1500", "MAX_PROMPT_TOKENS"]),
-    ("messages over the limit", {"messages": [{"role": "user", "content": MEDIUM_TEXT}]}, ["messages", "MAX_PROMPT_TOKENS"]),
+    (
+        "messages over the limit",
+        {"messages": [{"role": "user", "content": MEDIUM_TEXT}]},
+        ["messages", "MAX_PROMPT_TOKENS"],
+    ),
     ("input over the byte limit", {"prompt": "x" * 150_000}, ["input", "MAX_REQUEST_BYTES"]),
     ("deeply nested sampling_params", {"prompt": "Hi", "sampling_params": nested(100)}, ["nested", "64"]),
-    ("invalid JSON schema for structured output", sampling(structured_outputs={"json": {"type": "nonsense"}}), ["sampling_params.structured_outputs", "nonsense"]),
+    (
+        "invalid JSON schema for structured output",
+        sampling(structured_outputs={"json": {"type": "nonsense"}}),
+        ["sampling_params.structured_outputs", "nonsense"],
+    ),
     ("structured output is a number", sampling(structured_outputs=5), ["sampling_params.structured_outputs"]),
 ]
 
@@ -117,11 +141,19 @@ OPENAI = [
     ("max_tokens over the limit", chat(max_tokens=600), ["max_tokens", "MAX_OUTPUT_TOKENS"]),
     ("n over the limit", chat(n=1000), ["n", "MAX_N"]),
     ("top_logprobs over the limit", chat(logprobs=True, top_logprobs=1000), ["logprobs"]),
-    ("invalid JSON schema", chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}), ["response_format", "nonsense"]),
+    (
+        "invalid JSON schema",
+        chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}),
+        ["response_format", "nonsense"],
+    ),
     ("unknown response_format", chat(response_format={"type": "xml"}), ["response_format"]),
     ("chat template in the request", chat(chat_template="{{ 'x' }}"), ["TRUST_REQUEST_CHAT_TEMPLATE"]),
     ("tools malformed", chat(tools=[{"type": "function"}]), ["tools"]),
-    ("messages over the prompt limit", chat(messages=[{"role": "user", "content": MEDIUM_TEXT}]), ["MAX_PROMPT_TOKENS"]),
+    (
+        "messages over the prompt limit",
+        chat(messages=[{"role": "user", "content": MEDIUM_TEXT}]),
+        ["MAX_PROMPT_TOKENS"],
+    ),
     ("completion prompt missing", {"openai_route": "/v1/completions", "openai_input": {"model": "x"}}, ["prompt"]),
     ("completion prompt is an object", completion(prompt={"a": 1}), ["prompt"]),
     ("completion prompt beyond the context", completion(prompt=LONG_TEXT), ["2048"]),

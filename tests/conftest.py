@@ -19,10 +19,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # handler.py lives at the repository root
 
-import handler  # noqa: E402  (the RunPod entry point under test)
-
 from tpworker import app, default_model  # noqa: E402
 from tpworker.settings import load_settings, models_cache_dir  # noqa: E402
+
+import handler  # noqa: E402  (the RunPod entry point under test)
 
 # Every engine in the tests: a 1 GiB KV cache per rank, a 2048-token context.
 ENGINE_ENV = {"KV_CACHE_MEMORY_BYTES": "1G", "MAX_MODEL_LEN": "2048"}
@@ -48,8 +48,9 @@ class RunningWorker:
         self.plan = add_engine_args(self.settings, plan_start(self.settings))
         self.engine = Engine.start(self.plan.engine_args, self.plan.environment)
         args = self.plan.engine_args
-        self.worker = build_worker(self.engine, self.settings.worker, args["model"], args["served_model_name"],
-                                   self.plan.openai_options)
+        self.worker = build_worker(
+            self.engine, self.settings.worker, args["model"], args["served_model_name"], self.plan.openai_options
+        )
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -101,8 +102,10 @@ class DevEndpoint:
         self.log_path = log_path
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tpworker", "dev", "--port", str(self.port)],
-            cwd=ROOT, env={**os.environ, **ENGINE_ENV, **env},
-            stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **ENGINE_ENV, **env},
+            stdout=open(log_path, "w"),
+            stderr=subprocess.STDOUT,
         )
         self.wait_ready()
 
@@ -127,15 +130,16 @@ class DevEndpoint:
         return self.log_path.read_text()
 
     def run(self, job_input) -> str:
-        import httpx
-
         import json
+
+        import httpx
 
         # json.dumps's defaults (unlike httpx's json=): NaN and escaped lone surrogates go out as
         # a client may send them, for the worker to judge.
         body = json.dumps({"input": job_input})
-        return httpx.post(f"{self.url}/run", content=body, headers={"content-type": "application/json"},
-                          timeout=30).json()["id"]
+        return httpx.post(
+            f"{self.url}/run", content=body, headers={"content-type": "application/json"}, timeout=30
+        ).json()["id"]
 
     def status(self, job_id: str) -> dict:
         import httpx
@@ -203,8 +207,10 @@ def pytest_terminal_summary(terminalreporter):
 
     if faults:
         survived = sum(1 for _, ok in faults if ok)
-        write(f"faults injected: {len(faults)}, survived: {survived} ({', '.join(name for name, _ in faults)})"
-              + failed(faults))
+        write(
+            f"faults injected: {len(faults)}, survived: {survived} ({', '.join(name for name, _ in faults)})"
+            + failed(faults)
+        )
     if bad:
         refused = sum(1 for _, ok in bad if ok)
         write(f"bad inputs tried: {len(bad)}, refused with a clear error: {refused}" + failed(bad))

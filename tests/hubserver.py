@@ -72,8 +72,15 @@ class FakeHub:
         self.url = f"http://127.0.0.1:{self._servers[0].server_port}"
         self.cdn_url = f"http://127.0.0.2:{self._servers[1].server_port}"
 
-    def add_repo(self, repo_id: str, folder: Path, *, refs=("main",), gated: bool = False,
-                 advertised_sizes: dict[str, int] | None = None) -> str:
+    def add_repo(
+        self,
+        repo_id: str,
+        folder: Path,
+        *,
+        refs=("main",),
+        gated: bool = False,
+        advertised_sizes: dict[str, int] | None = None,
+    ) -> str:
         """Serve `folder` as `repo_id` at a commit of its own (returned), reachable by each of `refs`."""
         files = {str(p.relative_to(folder)): _blob(p) for p in sorted(folder.rglob("*")) if p.is_file()}
         commit = hashlib.sha1(repo_id.encode() + "".join(b.git_oid for b in files.values()).encode()).hexdigest()
@@ -162,9 +169,18 @@ class FakeHub:
 
     def _info(self, h, repo_id: str, revision: str) -> None:
         if repo := self._repo_at(h, repo_id, revision):
-            self._json(h, {"id": repo.repo_id, "modelId": repo.repo_id, "sha": repo.commit, "private": False,
-                           "gated": "auto" if repo.gated else False, "disabled": False,
-                           "siblings": [{"rfilename": name} for name in repo.files]})
+            self._json(
+                h,
+                {
+                    "id": repo.repo_id,
+                    "modelId": repo.repo_id,
+                    "sha": repo.commit,
+                    "private": False,
+                    "gated": "auto" if repo.gated else False,
+                    "disabled": False,
+                    "siblings": [{"rfilename": name} for name in repo.files],
+                },
+            )
 
     def _tree(self, h, repo_id: str, revision: str, under: str, recursive: bool) -> None:
         if not (repo := self._repo_at(h, repo_id, revision)):
@@ -174,7 +190,7 @@ class FakeHub:
         for name, blob in repo.files.items():
             if not name.startswith(prefix):
                 continue
-            rest = name[len(prefix):]
+            rest = name[len(prefix) :]
             if "/" in rest and not recursive:
                 folders.add(prefix + rest.split("/")[0])
                 continue
@@ -190,8 +206,12 @@ class FakeHub:
         if not (repo := self._repo_at(h, repo_id, revision)):
             return
         if repo.gated and h.headers.get("Authorization") != f"Bearer {GRANTED_TOKEN}":
-            return self._error(h, 401 if "Authorization" not in h.headers else 403, "GatedRepo",
-                               f"Access to model {repo_id} is restricted. You must have access to it.")
+            return self._error(
+                h,
+                401 if "Authorization" not in h.headers else 403,
+                "GatedRepo",
+                f"Access to model {repo_id} is restricted. You must have access to it.",
+            )
         blob = repo.files.get(name)
         if blob is None:
             return self._error(h, 404, "EntryNotFound", f"{name} does not exist", commit=repo.commit)
@@ -231,6 +251,6 @@ class FakeHub:
         if not body:
             return
         cut = self.cut_once.pop(etag, None) if blob.sha256 else None
-        h.wfile.write(data[start:start + cut] if cut is not None else data[start:])
+        h.wfile.write(data[start : start + cut] if cut is not None else data[start:])
         if cut is not None:
             h.close_connection = True  # the client sees a body shorter than Content-Length

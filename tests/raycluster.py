@@ -22,12 +22,26 @@ class Node:
         self.log_path = folder / f"{name}.log"
         # Ray's sockets live under its temp folder: a short path keeps them under the 107-byte limit.
         self.temp_dir = folder / name
-        command = [sys.executable, "-m", "tpworker", "cluster", *args, "--", f"--temp-dir={self.temp_dir}",
-                   "--num-cpus=1", "--include-dashboard=false"]
+        command = [
+            sys.executable,
+            "-m",
+            "tpworker",
+            "cluster",
+            *args,
+            "--",
+            f"--temp-dir={self.temp_dir}",
+            "--num-cpus=1",
+            "--include-dashboard=false",
+        ]
         if args[0] == "join":
             command.remove("--include-dashboard=false")  # a head-only option
-        self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **ENGINE_ENV, **env},
-                                        stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, **ENGINE_ENV, **env},
+            stdout=open(self.log_path, "w"),
+            stderr=subprocess.STDOUT,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text()

@@ -25,8 +25,13 @@ VALID = {"prompt": "The capital of France is", "sampling_params": {"max_tokens":
 
 @pytest.fixture(scope="module")
 def dev(models, tmp_path_factory):
-    endpoint = DevEndpoint(tmp_path_factory.mktemp("bad") / "dev.log", MAX_CONCURRENCY="16",
-                           HF_TOKEN=HF_TOKEN, RUNPOD_AI_API_KEY=API_KEY, **LIMITS)
+    endpoint = DevEndpoint(
+        tmp_path_factory.mktemp("bad") / "dev.log",
+        MAX_CONCURRENCY="16",
+        HF_TOKEN=HF_TOKEN,
+        RUNPOD_AI_API_KEY=API_KEY,
+        **LIMITS,
+    )
     yield endpoint
     endpoint.close()
 
@@ -82,13 +87,15 @@ def test_openai_errors_over_http_carry_their_status(dev):
     client = OpenAI(base_url=f"{dev.url}/openai/v1", api_key="x", max_retries=0)
     with tallied("bad_inputs", "openai http: prompt limit"):
         with pytest.raises(BadRequestError) as refused:
-            client.chat.completions.create(model="SmolLM2-135M-Instruct", max_tokens=4,
-                                           messages=[{"role": "user", "content": MEDIUM_TEXT}])
+            client.chat.completions.create(
+                model="SmolLM2-135M-Instruct", max_tokens=4, messages=[{"role": "user", "content": MEDIUM_TEXT}]
+            )
         assert "MAX_PROMPT_TOKENS" in str(refused.value)
     with tallied("bad_inputs", "openai http: n limit"):
         with pytest.raises(BadRequestError) as refused:
-            client.chat.completions.create(model="SmolLM2-135M-Instruct", max_tokens=4, n=9,
-                                           messages=[{"role": "user", "content": "Hi"}])
+            client.chat.completions.create(
+                model="SmolLM2-135M-Instruct", max_tokens=4, n=9, messages=[{"role": "user", "content": "Hi"}]
+            )
         assert "MAX_N" in str(refused.value)
     with tallied("bad_inputs", "openai http: unknown model"), pytest.raises(NotFoundError):
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "Hi"}])
@@ -101,20 +108,39 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=6,
 )
-PARAM_NAMES = ["temperature", "top_p", "top_k", "max_tokens", "n", "stop", "seed", "logprobs",
-               "presence_penalty", "min_tokens", "ignore_eos", "unknown_param"]
+PARAM_NAMES = [
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "n",
+    "stop",
+    "seed",
+    "logprobs",
+    "presence_penalty",
+    "min_tokens",
+    "ignore_eos",
+    "unknown_param",
+]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @example(params={"max_tokens": None}, stream=False, use_messages=False)  # found by hypothesis: was a 500
-@given(params=st.dictionaries(st.sampled_from(PARAM_NAMES), json_values, max_size=3),
-       stream=st.booleans(), use_messages=st.booleans())
+@given(
+    params=st.dictionaries(st.sampled_from(PARAM_NAMES), json_values, max_size=3),
+    stream=st.booleans(),
+    use_messages=st.booleans(),
+)
 def test_any_sampling_params_give_an_output_or_one_error(dev, params, stream, use_messages):
     params = {**params, "max_tokens": params.get("max_tokens", 4)}
     job = {"sampling_params": params, "stream": stream}
     job.update({"messages": [{"role": "user", "content": "Hi"}]} if use_messages else {"prompt": "Hi"})
-    answer = httpx.post(f"{dev.url}/runsync", content=json.dumps({"input": job}),  # NaN goes out as NaN
-                        headers={"content-type": "application/json"}, timeout=300).json()
+    answer = httpx.post(
+        f"{dev.url}/runsync",
+        content=json.dumps({"input": job}),  # NaN goes out as NaN
+        headers={"content-type": "application/json"},
+        timeout=300,
+    ).json()
     assert answer["status"] in ("COMPLETED", "FAILED"), answer
     if answer["status"] == "FAILED":
         error = answer["error"]

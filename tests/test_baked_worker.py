@@ -15,8 +15,12 @@ from conftest import ENGINE_ENV, ROOT, RunningWorker, text_of
 from hubserver import FakeHub
 
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
-CHAT_JOB = {"input": {"messages": [{"role": "user", "content": "What is the capital of France?"}],
-                      "sampling_params": {"temperature": 0, "max_tokens": 24}}}
+CHAT_JOB = {
+    "input": {
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "sampling_params": {"temperature": 0, "max_tokens": 24},
+    }
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +30,13 @@ def baked(models, tmp_path_factory):
     with FakeHub() as hub:
         hub.add_repo(REPO, models[1])
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(models_dir.parent / "hf-home")}
-        done = subprocess.run([sys.executable, "-m", "tpworker", "download", REPO, "--dest", str(models_dir)],
-                              env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "tpworker", "download", REPO, "--dest", str(models_dir)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert "Valid TP sizes for this model: 1, 2, 4, 12" in done.stdout
         yield hub, models_dir / "tpworker-manifest.json"
@@ -35,8 +44,14 @@ def baked(models, tmp_path_factory):
 
 def worker_env(hub: FakeHub, manifest_file) -> dict[str, str]:
     """As in the image: MODEL_MANIFEST set, MODEL_NAME not, the hub reachable (it must not be asked)."""
-    return {"MODEL_MANIFEST": str(manifest_file), "MODEL_NAME": "", "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "",
-            "BASE_PATH": str(manifest_file.parent.parent / "no-volume"), "TENSOR_PARALLEL_SIZE": "1"}
+    return {
+        "MODEL_MANIFEST": str(manifest_file),
+        "MODEL_NAME": "",
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_OFFLINE": "",
+        "BASE_PATH": str(manifest_file.parent.parent / "no-volume"),
+        "TENSOR_PARALLEL_SIZE": "1",
+    }
 
 
 @pytest.mark.engine
@@ -45,8 +60,11 @@ def test_the_worker_starts_from_the_downloaded_folder_offline_and_answers(baked)
     asked_before = len(hub.requests)
     done = subprocess.run(
         [sys.executable, str(ROOT / "handler.py"), "--test_input", json.dumps(CHAT_JOB)],
-        cwd=ROOT, env={**os.environ, **ENGINE_ENV, **worker_env(hub, manifest_file)},
-        capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env={**os.environ, **ENGINE_ENV, **worker_env(hub, manifest_file)},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]

@@ -12,9 +12,10 @@ import sys
 
 import pytest
 
-from conftest import ENGINE_ENV, ROOT
 from tpworker.bench import metrics, options, targets
 from tpworker.bench.metrics import Timing
+
+from conftest import ENGINE_ENV, ROOT
 
 OUTPUT_TOKENS = 8
 LEVELS = (1, 2)
@@ -45,7 +46,10 @@ def test_round_figures_from_timings():
 
 
 def test_summary_and_ratio_use_medians():
-    rounds = [{"complete": True, "requests": 2, **{f: None for f in metrics.FIGURES}, "tokens_per_s": v} for v in (90, 100, 130)]
+    rounds = [
+        {"complete": True, "requests": 2, **{f: None for f in metrics.FIGURES}, "tokens_per_s": v}
+        for v in (90, 100, 130)
+    ]
     summary = metrics.summarize(rounds)
     assert summary["tokens_per_s"] == {"median": 100, "min": 90, "max": 130}
     assert summary["ttft_ms_median"] is None and summary["complete"] and summary["requests"] == 6
@@ -68,8 +72,14 @@ def test_paths_option_expands_groups_and_always_measures_raw():
 def test_weight_scaling_compares_with_the_smallest_tp_size():
     runs = {
         "1": {"weights": {"raw": [{"rank": 0, "loading_bytes": 400, "tensor_bytes": 50}]}},
-        "2": {"weights": {"raw": [{"rank": 0, "loading_bytes": 204, "tensor_bytes": 25},
-                                  {"rank": 1, "loading_bytes": 230, "tensor_bytes": 25}]}},
+        "2": {
+            "weights": {
+                "raw": [
+                    {"rank": 0, "loading_bytes": 204, "tensor_bytes": 25},
+                    {"rank": 1, "loading_bytes": 230, "tensor_bytes": 25},
+                ]
+            }
+        },
     }
     scaling = targets.tp_scaling(runs)
     assert scaling["base_tp"] == 1
@@ -81,12 +91,20 @@ def test_a_dev_target_shows_how_far_the_same_engine_moves_between_processes():
     def level(tokens_per_s_vs_raw=None, paired=None):
         return {"vs_raw": {"tokens_per_s": tokens_per_s_vs_raw}, "vs_paired": paired or {}}
 
-    result = {"workload": {"stream": False}, "runs": {"1": {"cold_start": {}, "routes": {
-        "raw": {"levels": {"8": level(1.0)}},
-        "raw-paired": {"levels": {"8": level(0.93)}},
-        "handler-native": {"levels": {"8": level(0.95, {"tokens_per_s": 1.01})}},
-        "dev-native": {"levels": {"8": level(0.96)}},
-    }}}}
+    result = {
+        "workload": {"stream": False},
+        "runs": {
+            "1": {
+                "cold_start": {},
+                "routes": {
+                    "raw": {"levels": {"8": level(1.0)}},
+                    "raw-paired": {"levels": {"8": level(0.93)}},
+                    "handler-native": {"levels": {"8": level(0.95, {"tokens_per_s": 1.01})}},
+                    "dev-native": {"levels": {"8": level(0.96)}},
+                },
+            }
+        },
+    }
     rows = {(row["route"], row["what"]): row for row in targets.evaluate(result)}
     dev = rows[("dev-native", "tokens/s vs raw")]
     assert dev["met"] and dev["between_processes"] == pytest.approx(0.93)
@@ -98,15 +116,37 @@ def test_a_dev_target_shows_how_far_the_same_engine_moves_between_processes():
 def bench_run(models, tmp_path_factory):
     """One real, small run: raw + handler routes at TP=1 (two engines, one after the other)."""
     out = tmp_path_factory.mktemp("bench")
-    command = [sys.executable, "-m", "tpworker", "bench", "--tp", "1", "--concurrency", ",".join(map(str, LEVELS)),
-               "--prompt-tokens", "32", "--output-tokens", str(OUTPUT_TOKENS), "--repetitions", "1", "--warmup", "1",
-               "--paths", "handler", "--out", str(out), "--name", "small"]
-    done = subprocess.run(command, cwd=ROOT, env={**os.environ, **ENGINE_ENV}, capture_output=True, text=True, timeout=600)
+    command = [
+        sys.executable,
+        "-m",
+        "tpworker",
+        "bench",
+        "--tp",
+        "1",
+        "--concurrency",
+        ",".join(map(str, LEVELS)),
+        "--prompt-tokens",
+        "32",
+        "--output-tokens",
+        str(OUTPUT_TOKENS),
+        "--repetitions",
+        "1",
+        "--warmup",
+        "1",
+        "--paths",
+        "handler",
+        "--out",
+        str(out),
+        "--name",
+        "small",
+    ]
+    done = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, **ENGINE_ENV}, capture_output=True, text=True, timeout=600
+    )
     folder = out / "small"
     logs = "".join(p.read_text()[-2000:] for p in sorted((folder / "logs").glob("*.log"))) if folder.exists() else ""
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + logs
     return folder, done.stdout
-
 
 
 @pytest.mark.engine
@@ -153,9 +193,16 @@ def test_a_real_run_measures_every_route_and_completes_every_request(bench_run):
 def test_a_real_run_writes_markdown_a_chart_and_a_terminal_table(bench_run):
     folder, stdout = bench_run
     markdown = (folder / "result.md").read_text()
-    for text in ("## TP=1: throughput and latency", "| handler-openai | 2 |", "## Cold start and weight memory",
-                 "## CPU during the measured rounds",
-                 "## Targets", "## Method", "tpworker bench --tp 1 --concurrency 1,2", "tokens_per_s.png"):
+    for text in (
+        "## TP=1: throughput and latency",
+        "| handler-openai | 2 |",
+        "## Cold start and weight memory",
+        "## CPU during the measured rounds",
+        "## Targets",
+        "## Method",
+        "tpworker bench --tp 1 --concurrency 1,2",
+        "tokens_per_s.png",
+    ):
         assert text in markdown, text
     png = (folder / "tokens_per_s.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000

@@ -46,8 +46,9 @@ def cluster(models):
 def settings_for(cluster, **env: str):
     from tpworker.settings import load_settings
 
-    return load_settings({**os.environ, **ENGINE_ENV, "DISTRIBUTED_EXECUTOR_BACKEND": "ray",
-                          "RAY_ADDRESS": cluster["address"], **env})
+    return load_settings(
+        {**os.environ, **ENGINE_ENV, "DISTRIBUTED_EXECUTOR_BACKEND": "ray", "RAY_ADDRESS": cluster["address"], **env}
+    )
 
 
 def test_the_head_waited_for_the_joining_node(cluster):
@@ -76,8 +77,11 @@ def test_the_plan_at_start_checks_tp_x_pp_against_the_live_cluster(cluster):
     assert pp2.layers_per_stage == (15, 15) and pp2.cluster.nodes == 2
     tp2 = plan_start(settings_for(cluster, TENSOR_PARALLEL_SIZE="2")).parallel
     assert (tp2.tensor_parallel_size, tp2.pipeline_parallel_size) == (2, 1)
-    with pytest.raises(PlanError, match=f"needs 4 CPUs, but the Ray cluster at {cluster['address']} has no GPU; "
-                                        r"2 CPUs on 2 node\(s\) \(1 \+ 1\)"):
+    with pytest.raises(
+        PlanError,
+        match=f"needs 4 CPUs, but the Ray cluster at {cluster['address']} has no GPU; "
+        r"2 CPUs on 2 node\(s\) \(1 \+ 1\)",
+    ):
         plan_start(settings_for(cluster, TENSOR_PARALLEL_SIZE="2", PIPELINE_PARALLEL_SIZE="2"))
 
 
@@ -86,8 +90,9 @@ def test_no_cluster_at_ray_address_is_refused_at_once(models):
     from tpworker.settings import load_settings
     from tpworker.startup import plan_start
 
-    settings = load_settings({**os.environ, "DISTRIBUTED_EXECUTOR_BACKEND": "ray",
-                              "RAY_ADDRESS": f"127.0.0.1:{free_port()}"})
+    settings = load_settings(
+        {**os.environ, "DISTRIBUTED_EXECUTOR_BACKEND": "ray", "RAY_ADDRESS": f"127.0.0.1:{free_port()}"}
+    )
     with pytest.raises(RayUnavailable, match="No Ray cluster answers at RAY_ADDRESS=127.0.0.1:"):
         plan_start(settings)
 
@@ -96,8 +101,11 @@ def test_the_worker_refuses_ray_on_cpu_before_loading(cluster):
     from tpworker.startup import StartError, add_engine_args, plan_start
 
     settings = settings_for(cluster, PIPELINE_PARALLEL_SIZE="2")
-    with pytest.raises(StartError, match="DISTRIBUTED_EXECUTOR_BACKEND=ray: vLLM's cpu platform cannot run its ranks "
-                                         "on Ray.*current platform cpu does not support ray"):
+    with pytest.raises(
+        StartError,
+        match="DISTRIBUTED_EXECUTOR_BACKEND=ray: vLLM's cpu platform cannot run its ranks "
+        "on Ray.*current platform cpu does not support ray",
+    ):
         add_engine_args(settings, plan_start(settings))
 
 
@@ -120,10 +128,20 @@ VLLM_ON_RAY = textwrap.dedent("""
 def test_vllm_itself_cannot_place_cpu_ranks_on_ray(cluster, models, tmp_path, tp, pp):
     script = tmp_path / "vllm_on_ray.py"
     script.write_text(VLLM_ON_RAY)
-    env = {**os.environ, "RAY_ADDRESS": cluster["address"], "RAY_AUTH_MODE": "disabled",
-           "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
-    done = subprocess.run([sys.executable, str(script), str(tp), str(pp), str(models[1])], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=240)
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": cluster["address"],
+        "RAY_AUTH_MODE": "disabled",
+        "VLLM_CPU_OMP_THREADS_BIND": "0|1",
+    }
+    done = subprocess.run(
+        [sys.executable, str(script), str(tp), str(pp), str(models[1])],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 3, output[-4000:]
     assert "ValueError: current platform cpu does not support ray." in output, output[-4000:]

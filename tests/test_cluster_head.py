@@ -26,8 +26,13 @@ def folder():
 def test_head_waits_for_the_join_then_runs_the_worker_on_ray(models, folder):
     # A token: the head, the joining node and the worker must all use it (RAY_AUTH_MODE=token).
     token = {"RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    head = Node(["head", "--nodes", "2", "--ray-port", str(free_port()), "--timeout", "120"], folder, "head",
-                PIPELINE_PARALLEL_SIZE="2", **token)
+    head = Node(
+        ["head", "--nodes", "2", "--ray-port", str(free_port()), "--timeout", "120"],
+        folder,
+        "head",
+        PIPELINE_PARALLEL_SIZE="2",
+        **token,
+    )
     join = None
     try:
         head.wait_for("waiting for 2 node(s), 2 CPU(s)")
@@ -52,13 +57,16 @@ def test_head_waits_for_the_join_then_runs_the_worker_on_ray(models, folder):
 
 
 def test_head_gives_up_when_the_nodes_do_not_come(folder):
-    head = Node(["head", "--no-worker", "--nodes", "2", "--ray-port", str(free_port()), "--timeout", "5"],
-                folder, "head")
+    head = Node(
+        ["head", "--no-worker", "--nodes", "2", "--ray-port", str(free_port()), "--timeout", "5"], folder, "head"
+    )
     try:
         assert head.wait(120) == 3
         log = head.log()
-        assert "The Ray cluster has 1 node(s), 0 GPU(s) (0), 1 CPU(s) (1) after 5 s, short of the 2 node(s) it " \
-               "waits for. Start `tpworker cluster join" in log
+        assert (
+            "The Ray cluster has 1 node(s), 0 GPU(s) (0), 1 CPU(s) (1) after 5 s, short of the 2 node(s) it "
+            "waits for. Start `tpworker cluster join" in log
+        )
         assert head.ray_processes() == []
     finally:
         head.stop()
@@ -74,12 +82,18 @@ def test_join_gives_up_when_no_head_answers(folder):
         join.stop()
 
 
-@pytest.mark.parametrize("env,refusal", [
-    ({"TENSOR_PARALLEL_SIZE": "3"}, "TENSOR_PARALLEL_SIZE=3 cannot split this model"),
-    # 12 x 30 ranks: more than the cores of any machine the test runs on (1 node like this one)
-    ({"TENSOR_PARALLEL_SIZE": "12", "PIPELINE_PARALLEL_SIZE": "30"}, "needs 360 CPUs, but the Ray cluster has no GPU"),
-    ({"DISTRIBUTED_EXECUTOR_BACKEND": "mp"}, "DISTRIBUTED_EXECUTOR_BACKEND=mp keeps every rank on one node"),
-])
+@pytest.mark.parametrize(
+    "env,refusal",
+    [
+        ({"TENSOR_PARALLEL_SIZE": "3"}, "TENSOR_PARALLEL_SIZE=3 cannot split this model"),
+        # 12 x 30 ranks: more than the cores of any machine the test runs on (1 node like this one)
+        (
+            {"TENSOR_PARALLEL_SIZE": "12", "PIPELINE_PARALLEL_SIZE": "30"},
+            "needs 360 CPUs, but the Ray cluster has no GPU",
+        ),
+        ({"DISTRIBUTED_EXECUTOR_BACKEND": "mp"}, "DISTRIBUTED_EXECUTOR_BACKEND=mp keeps every rank on one node"),
+    ],
+)
 def test_head_refuses_a_plan_before_starting_ray(models, folder, env, refusal):
     head = Node(["head", "--nodes", "1", "--ray-port", str(free_port())], folder, "head", **env)
     try:

@@ -8,15 +8,17 @@ import os
 
 import pytest
 
-from conftest import ENGINE_ENV
 from tpworker.settings import load_settings
 from tpworker.startup import add_engine_args, plan_start
+
+from conftest import ENGINE_ENV
 
 
 def engine_args(models, **env: str) -> dict:
     # CUDA_VISIBLE_DEVICES="" hides every GPU, so these are the no-GPU defaults on any machine.
-    settings = load_settings({**os.environ, **ENGINE_ENV, "MODEL_NAME": str(models[1]), "CUDA_VISIBLE_DEVICES": "",
-                              **env})
+    settings = load_settings(
+        {**os.environ, **ENGINE_ENV, "MODEL_NAME": str(models[1]), "CUDA_VISIBLE_DEVICES": "", **env}
+    )
     return add_engine_args(settings, plan_start(settings)).engine_args
 
 

@@ -14,7 +14,11 @@ from conftest import DevEndpoint
 
 pytestmark = pytest.mark.engine
 
-LONG = {"prompt": "Tell a very long story.", "stream": True, "sampling_params": {"max_tokens": 1800, "ignore_eos": True}}
+LONG = {
+    "prompt": "Tell a very long story.",
+    "stream": True,
+    "sampling_params": {"max_tokens": 1800, "ignore_eos": True},
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,9 @@ def test_cancel_stops_a_long_generation_and_the_queued_job_starts(dev):
     long_job = httpx.post(f"{dev.url}/run", json={"input": LONG}).json()["id"]
     first = httpx.get(f"{dev.url}/stream/{long_job}", timeout=15).json()
     assert first["status"] == "IN_PROGRESS" and first["stream"]
-    queued = httpx.post(f"{dev.url}/run", json={"input": {"prompt": "Hi", "sampling_params": {"max_tokens": 8}}}).json()["id"]
+    queued = httpx.post(
+        f"{dev.url}/run", json={"input": {"prompt": "Hi", "sampling_params": {"max_tokens": 8}}}
+    ).json()["id"]
     time.sleep(2)
     assert httpx.get(f"{dev.url}/status/{queued}").json()["status"] == "IN_QUEUE"  # the one slot is taken
 
@@ -49,7 +55,9 @@ def test_cancel_stops_a_long_generation_and_the_queued_job_starts(dev):
     assert done["status"] == "COMPLETED", done
     # 1800 tokens would take about a minute here; the queued job ran within seconds of the cancel
     assert waited < 15, waited
-    tokens = sum(len(c["output"]["choices"][0]["tokens"]) for c in httpx.get(f"{dev.url}/stream/{long_job}").json()["stream"])
+    tokens = sum(
+        len(c["output"]["choices"][0]["tokens"]) for c in httpx.get(f"{dev.url}/stream/{long_job}").json()["stream"]
+    )
     assert tokens < 1800
     assert "Job stopped." in dev.log()
 

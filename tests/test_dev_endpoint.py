@@ -50,29 +50,44 @@ def test_chat_completion(client):
 
 
 def test_chat_completion_streams_as_sse(client):
-    chunks = list(client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=24,
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=FRANCE,
+            temperature=0,
+            max_tokens=24,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert len(chunks) > 3 and "Paris" in text
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
 def test_completions_with_n_2_seed_and_stop(client):
-    reply = client.completions.create(model=MODEL, prompt="My favourite fruit is", n=2, temperature=1.0, seed=7,
-                                      max_tokens=12)
-    again = client.completions.create(model=MODEL, prompt="My favourite fruit is", n=2, temperature=1.0, seed=7,
-                                      max_tokens=12)
+    reply = client.completions.create(
+        model=MODEL, prompt="My favourite fruit is", n=2, temperature=1.0, seed=7, max_tokens=12
+    )
+    again = client.completions.create(
+        model=MODEL, prompt="My favourite fruit is", n=2, temperature=1.0, seed=7, max_tokens=12
+    )
     assert len(reply.choices) == 2
     assert [c.text for c in reply.choices] == [c.text for c in again.choices]
-    free = client.completions.create(model=MODEL, prompt="One, two, three,", temperature=0, max_tokens=12).choices[0].text
+    free = (
+        client.completions.create(model=MODEL, prompt="One, two, three,", temperature=0, max_tokens=12).choices[0].text
+    )
     stop = free.strip().split()[1]
-    stopped = client.completions.create(model=MODEL, prompt="One, two, three,", temperature=0, max_tokens=12, stop=[stop])
+    stopped = client.completions.create(
+        model=MODEL, prompt="One, two, three,", temperature=0, max_tokens=12, stop=[stop]
+    )
     assert stopped.choices[0].text == free[: free.index(stop)] and stopped.choices[0].finish_reason == "stop"
 
 
 def test_logprobs(client):
-    reply = client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=5, logprobs=True,
-                                           top_logprobs=3)
+    reply = client.chat.completions.create(
+        model=MODEL, messages=FRANCE, temperature=0, max_tokens=5, logprobs=True, top_logprobs=3
+    )
     content = reply.choices[0].logprobs.content
     assert len(content) == reply.usage.completion_tokens
     assert all(len(token.top_logprobs) == 3 for token in content)
@@ -80,12 +95,21 @@ def test_logprobs(client):
 
 def test_structured_output_follows_the_json_schema(client):
     # bounded fields: a 135M model would happily write digits forever
-    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
-                                               "country": {"type": "string", "maxLength": 30},
-                                               "is_capital": {"type": "boolean"}},
-              "required": ["city", "country", "is_capital"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 30},
+            "country": {"type": "string", "maxLength": 30},
+            "is_capital": {"type": "boolean"},
+        },
+        "required": ["city", "country", "is_capital"],
+        "additionalProperties": False,
+    }
     reply = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Describe Paris as JSON."}], temperature=0, max_tokens=200,
+        model=MODEL,
+        messages=[{"role": "user", "content": "Describe Paris as JSON."}],
+        temperature=0,
+        max_tokens=200,
         response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
     )
     assert reply.choices[0].finish_reason == "stop", reply.choices[0].message.content
@@ -109,14 +133,23 @@ def test_an_invalid_request_is_an_openai_error_with_status_400(client):
 
 
 def test_responses_api(client):
-    reply = client.responses.create(model=MODEL, input="What is the capital of France?", temperature=0,
-                                    max_output_tokens=24)
+    reply = client.responses.create(
+        model=MODEL, input="What is the capital of France?", temperature=0, max_output_tokens=24
+    )
     assert "Paris" in reply.output_text
 
 
 def test_run_then_stream_gives_chunks_before_the_job_ends(dev):
-    job = httpx.post(f"{dev.url}/run", json={"input": {
-        "prompt": "Once upon a time", "stream": True, "sampling_params": {"max_tokens": 300, "ignore_eos": True}}}).json()
+    job = httpx.post(
+        f"{dev.url}/run",
+        json={
+            "input": {
+                "prompt": "Once upon a time",
+                "stream": True,
+                "sampling_params": {"max_tokens": 300, "ignore_eos": True},
+            }
+        },
+    ).json()
     assert job["status"] == "IN_QUEUE"
     first = httpx.get(f"{dev.url}/stream/{job['id']}", timeout=15).json()
     assert first["status"] == "IN_PROGRESS" and first["stream"], first
@@ -132,8 +165,9 @@ def test_run_then_stream_gives_chunks_before_the_job_ends(dev):
 
 
 def test_runsync_and_status(dev):
-    done = httpx.post(f"{dev.url}/runsync", json={"input": {"messages": FRANCE, "sampling_params": {"temperature": 0}}},
-                      timeout=120).json()
+    done = httpx.post(
+        f"{dev.url}/runsync", json={"input": {"messages": FRANCE, "sampling_params": {"temperature": 0}}}, timeout=120
+    ).json()
     assert done["status"] == "COMPLETED"
     assert "Paris" in "".join(done["output"][0]["choices"][0]["tokens"])
     assert httpx.get(f"{dev.url}/status/{done['id']}").json()["status"] == "COMPLETED"
@@ -148,8 +182,15 @@ def test_runpods_own_client_sdk(dev, monkeypatch):
     monkeypatch.setattr(runpod.endpoint.runner, "endpoint_url_base", f"{dev.url}/v2", raising=False)
     endpoint = runpod.Endpoint("dev", api_key="unused")
     endpoint.rp_client.endpoint_url_base = f"{dev.url}/v2"
-    chunks = list(endpoint.run({"prompt": "One, two,", "stream": True,
-                                "sampling_params": {"temperature": 0, "max_tokens": 20, "ignore_eos": True}}).stream())
+    chunks = list(
+        endpoint.run(
+            {
+                "prompt": "One, two,",
+                "stream": True,
+                "sampling_params": {"temperature": 0, "max_tokens": 20, "ignore_eos": True},
+            }
+        ).stream()
+    )
     assert sum(len(c["choices"][0]["tokens"]) for c in chunks) > 0 and chunks[-1]["usage"]["output"] == 20
     assert endpoint.run_sync({"prompt": "Hi", "sampling_params": {"max_tokens": 4}})[0]["usage"]["output"] == 4
 
@@ -159,13 +200,17 @@ def test_16_concurrent_streamed_jobs_with_max_concurrency_8_all_complete_and_mat
     params = {"temperature": 0, "max_tokens": 16, "ignore_eos": True}
     expected = {}
     for p in prompts:  # each alone first: the reference
-        out = httpx.post(f"{dev.url}/runsync", json={"input": {"prompt": p, "sampling_params": params}}, timeout=120).json()
+        out = httpx.post(
+            f"{dev.url}/runsync", json={"input": {"prompt": p, "sampling_params": params}}, timeout=120
+        ).json()
         expected[p] = "".join(out["output"][0]["choices"][0]["tokens"])
     results, errors = {}, []
 
     def stream_one(prompt):
         try:
-            job = httpx.post(f"{dev.url}/run", json={"input": {"prompt": prompt, "stream": True, "sampling_params": params}}).json()
+            job = httpx.post(
+                f"{dev.url}/run", json={"input": {"prompt": prompt, "stream": True, "sampling_params": params}}
+            ).json()
             chunks, status = [], "IN_QUEUE"
             while status not in ("COMPLETED", "FAILED"):
                 part = httpx.get(f"{dev.url}/stream/{job['id']}", timeout=30).json()
@@ -202,10 +247,27 @@ def test_a_chat_completion_matches_vllms_own_openai_server(dev, client, models, 
     port = free_port()
     log = open(tmp_path / "vllm.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(models[1]), "--port", str(port),
-         "--served-model-name", MODEL, "--enforce-eager", "--dtype", "float32",
-         "--max-model-len", ENGINE_ENV["MAX_MODEL_LEN"], "--kv-cache-memory-bytes", ENGINE_ENV["KV_CACHE_MEMORY_BYTES"]],
-        env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(models[1]),
+            "--port",
+            str(port),
+            "--served-model-name",
+            MODEL,
+            "--enforce-eager",
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            ENGINE_ENV["MAX_MODEL_LEN"],
+            "--kv-cache-memory-bytes",
+            ENGINE_ENV["KV_CACHE_MEMORY_BYTES"],
+        ],
+        env=os.environ.copy(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 240
@@ -218,8 +280,13 @@ def test_a_chat_completion_matches_vllms_own_openai_server(dev, client, models, 
             except httpx.HTTPError:
                 time.sleep(1)
         theirs = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-        request = dict(model=MODEL, messages=[{"role": "user", "content": "Write one sentence about the sea."}],
-                       temperature=0.9, seed=1234, max_tokens=32)
+        request = dict(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Write one sentence about the sea."}],
+            temperature=0.9,
+            seed=1234,
+            max_tokens=32,
+        )
         ours = client.chat.completions.create(**request).choices[0].message.content
         reference = theirs.chat.completions.create(**request).choices[0].message.content
     finally:

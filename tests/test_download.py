@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from tpworker import download, manifest, snapshot
+
 from conftest import ROOT
 from hubserver import GRANTED_TOKEN, FakeHub
-from tpworker import download, manifest, snapshot
 
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CONFIG = ROOT / "tests" / "fixtures" / "configs" / "smollm2-135m-instruct.json"
@@ -46,24 +47,37 @@ def hub(models, tmp_path_factory):
     root = tmp_path_factory.mktemp("repos")
     with FakeHub() as hub:
         hub.add_repo(REPO, models[1])  # the default model, zero-padded for TP 1, 2, 4
-        index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
-                                                "b": "model-00002-of-00002.safetensors"}}
-        hub.add_repo("org/sharded", _tiny_repo(
-            root / "sharded", **{
-                "model-00001-of-00002.safetensors": {"a": 1.0},
-                "model-00002-of-00002.safetensors": {"b": 2.0},
-                "model.safetensors.index.json": json.dumps(index).encode(),
-                "consolidated.safetensors": {"a": 1.0, "b": 2.0},  # the same weights again
-                "original__consolidated.00.pth": b"x" * 100,
-                "model.gguf": b"GGUF" + b"x" * 100,
-                "README.md": b"# a model",
-            }), refs=("main", "v1"))
-        hub.add_repo("org/bin-only", _tiny_repo(
-            root / "bin-only", **{"pytorch_model.bin": b"PK" + b"w" * 200, "training_args.bin": b"t" * 50}))
+        index = {
+            "metadata": {},
+            "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
+        }
+        hub.add_repo(
+            "org/sharded",
+            _tiny_repo(
+                root / "sharded",
+                **{
+                    "model-00001-of-00002.safetensors": {"a": 1.0},
+                    "model-00002-of-00002.safetensors": {"b": 2.0},
+                    "model.safetensors.index.json": json.dumps(index).encode(),
+                    "consolidated.safetensors": {"a": 1.0, "b": 2.0},  # the same weights again
+                    "original__consolidated.00.pth": b"x" * 100,
+                    "model.gguf": b"GGUF" + b"x" * 100,
+                    "README.md": b"# a model",
+                },
+            ),
+            refs=("main", "v1"),
+        )
+        hub.add_repo(
+            "org/bin-only",
+            _tiny_repo(root / "bin-only", **{"pytorch_model.bin": b"PK" + b"w" * 200, "training_args.bin": b"t" * 50}),
+        )
         hub.add_repo("org/gguf-only", _tiny_repo(root / "gguf-only", **{"model.gguf": b"GGUF" + b"x" * 100}))
         hub.add_repo("org/gated", _tiny_repo(root / "gated", **{"model.safetensors": {"a": 1.0}}), gated=True)
-        hub.add_repo("org/huge", _tiny_repo(root / "huge", **{"model.safetensors": {"a": 1.0}}),
-                     advertised_sizes={"model.safetensors": 10**15})
+        hub.add_repo(
+            "org/huge",
+            _tiny_repo(root / "huge", **{"model.safetensors": {"a": 1.0}}),
+            advertised_sizes={"model.safetensors": 10**15},
+        )
         yield hub
 
 
@@ -88,8 +102,10 @@ def test_cli_downloads_resumes_verifies_plans_and_writes_the_manifest(hub, model
 
     folder = tmp_path / "models" / "HuggingFaceTB--SmolLM2-135M-Instruct"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"):
-        assert hashlib.sha256((folder / name).read_bytes()).digest() == \
-            hashlib.sha256((models[1] / name).read_bytes()).digest(), name
+        assert (
+            hashlib.sha256((folder / name).read_bytes()).digest()
+            == hashlib.sha256((models[1] / name).read_bytes()).digest()
+        ), name
     baked = manifest.read(tmp_path / "models" / manifest.FILE_NAME)
     assert (baked.model, baked.path, baked.served_name) == (REPO, folder, REPO)
     assert baked.commit == hub.repos[REPO].commit and baked.valid_tp_sizes == [1, 2, 4, 12]
@@ -104,19 +120,28 @@ def test_cli_downloads_resumes_verifies_plans_and_writes_the_manifest(hub, model
 
 def test_only_the_indexed_safetensors_and_the_side_files_are_fetched(hub, tmp_path):
     assert _fetched(hub, "org/sharded", tmp_path / "m") == {
-        "config.json", "tokenizer_config.json", "model.safetensors.index.json",
-        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "config.json",
+        "tokenizer_config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
     }
 
 
 def test_pytorch_bin_weights_when_there_are_no_safetensors(hub, tmp_path):
-    assert _fetched(hub, "org/bin-only", tmp_path / "m") == {"config.json", "tokenizer_config.json", "pytorch_model.bin"}
+    assert _fetched(hub, "org/bin-only", tmp_path / "m") == {
+        "config.json",
+        "tokenizer_config.json",
+        "pytorch_model.bin",
+    }
 
 
 def test_a_pinned_revision_is_fetched_and_a_wrong_one_is_refused(hub, tmp_path):
     result = download.fetch("org/sharded", "v1", local_dir=tmp_path / "m", endpoint=hub.url)
     assert result.commit == hub.repos["org/sharded"].commit
-    with pytest.raises(download.DownloadError, match=r"org/sharded has no revision 'v9'\. Give a branch, tag or commit"):
+    with pytest.raises(
+        download.DownloadError, match=r"org/sharded has no revision 'v9'\. Give a branch, tag or commit"
+    ):
         download.fetch("org/sharded", "v9", local_dir=tmp_path / "n", endpoint=hub.url)
 
 
@@ -129,8 +154,11 @@ def test_a_repo_without_loadable_weights_is_refused(hub, tmp_path):
 def test_a_gated_repo_without_a_token_says_how_to_give_one(hub, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no token saved by `hf auth login`
-    with pytest.raises(download.DownloadError, match=r"org/gated is a gated model and no Hugging Face token was "
-                       r"given.*set HF_TOKEN \(image build: --secret id=HF_TOKEN"):
+    with pytest.raises(
+        download.DownloadError,
+        match=r"org/gated is a gated model and no Hugging Face token was "
+        r"given.*set HF_TOKEN \(image build: --secret id=HF_TOKEN",
+    ):
         download.fetch("org/gated", local_dir=tmp_path / "m", endpoint=hub.url)
     monkeypatch.setenv("HF_TOKEN", "hf_someone_without_access")
     with pytest.raises(download.DownloadError, match=r"the Hugging Face token given has no access"):
@@ -165,14 +193,22 @@ def test_a_disk_that_fills_up_is_explained():
 
 
 def test_incomplete_or_fake_weights_are_found(tmp_path):
-    folder = _tiny_repo(tmp_path / "m", **{
-        "model-00001-of-00002.safetensors": {"a": 1.0},
-        "model.safetensors.index.json": json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors",
-                                                                   "b": "model-00002-of-00002.safetensors"}}).encode(),
-    })
+    folder = _tiny_repo(
+        tmp_path / "m",
+        **{
+            "model-00001-of-00002.safetensors": {"a": 1.0},
+            "model.safetensors.index.json": json.dumps(
+                {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+            ).encode(),
+        },
+    )
     assert snapshot.folder_problems(folder) == ["model-00002-of-00002.safetensors is missing"]
-    (folder / "model-00002-of-00002.safetensors").write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:ab")
-    assert snapshot.folder_problems(folder) == ["model-00002-of-00002.safetensors is empty or a Git LFS pointer, not weights"]
+    (folder / "model-00002-of-00002.safetensors").write_bytes(
+        b"version https://git-lfs.github.com/spec/v1\noid sha256:ab"
+    )
+    assert snapshot.folder_problems(folder) == [
+        "model-00002-of-00002.safetensors is empty or a Git LFS pointer, not weights"
+    ]
     save_file({"c": np.zeros(2, dtype=np.float32)}, str(folder / "model-00002-of-00002.safetensors"))
     assert snapshot.folder_problems(folder) == ["1 tensors of model.safetensors.index.json are in no file (e.g. b)"]
     save_file({"b": np.zeros(2, dtype=np.float32)}, str(folder / "model-00002-of-00002.safetensors"))
@@ -181,4 +217,5 @@ def test_incomplete_or_fake_weights_are_found(tmp_path):
     (folder / "model-00002-of-00002.safetensors").write_bytes(data[:20])  # truncated
     assert "is not a readable safetensors file" in snapshot.folder_problems(folder)[0]
     assert snapshot.folder_problems(folder, {"model-00002-of-00002.safetensors": len(data)}) == [
-        f"model-00002-of-00002.safetensors has 20 bytes, the hub lists {len(data)}"]
+        f"model-00002-of-00002.safetensors has 20 bytes, the hub lists {len(data)}"
+    ]

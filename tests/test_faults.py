@@ -21,7 +21,11 @@ pytestmark = pytest.mark.engine
 
 STALL_TIMEOUT = 6
 GRACE = 8
-LONG = {"prompt": "Tell a very long story.", "stream": True, "sampling_params": {"max_tokens": 1900, "ignore_eos": True}}
+LONG = {
+    "prompt": "Tell a very long story.",
+    "stream": True,
+    "sampling_params": {"max_tokens": 1900, "ignore_eos": True},
+}
 SHORT = {"prompt": "The capital of France is", "sampling_params": {"max_tokens": 6, "temperature": 0}}
 
 
@@ -29,8 +33,10 @@ SHORT = {"prompt": "The capital of France is", "sampling_params": {"max_tokens":
 def dev(models, tmp_path_factory):
     endpoint = DevEndpoint(
         tmp_path_factory.mktemp("faults") / "dev.log",
-        TENSOR_PARALLEL_SIZE="2", MAX_CONCURRENCY="4",
-        ENGINE_STALL_TIMEOUT=str(STALL_TIMEOUT), SHUTDOWN_GRACE_SECONDS=str(GRACE),
+        TENSOR_PARALLEL_SIZE="2",
+        MAX_CONCURRENCY="4",
+        ENGINE_STALL_TIMEOUT=str(STALL_TIMEOUT),
+        SHUTDOWN_GRACE_SECONDS=str(GRACE),
     )
     yield endpoint
     endpoint.close()
@@ -129,7 +135,9 @@ def test_sigterm_finishes_jobs_within_the_grace_period_fails_the_rest_and_exits_
         assert short["status"] == "COMPLETED", short
         assert short["output"][0]["usage"]["output"] == 40
         long = dev.wait_status(long_job, seconds=GRACE + 15)
-        assert long["status"] == "FAILED" and "grace period" in long["error"] and "SHUTDOWN_GRACE_SECONDS" in long["error"], long
+        assert (
+            long["status"] == "FAILED" and "grace period" in long["error"] and "SHUTDOWN_GRACE_SECONDS" in long["error"]
+        ), long
         assert GRACE - 1 < time.monotonic() - signalled < GRACE + 15
         wait_exit(dev, before, 30)
         assert exits(dev)[before:] == [0]

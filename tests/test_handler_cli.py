@@ -12,8 +12,13 @@ import pytest
 
 from conftest import ENGINE_ENV, ROOT
 
-CHAT_JOB = {"input": {"messages": [{"role": "user", "content": "What is the capital of France?"}],
-                      "stream": True, "sampling_params": {"temperature": 0, "max_tokens": 24}}}
+CHAT_JOB = {
+    "input": {
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "stream": True,
+        "sampling_params": {"temperature": 0, "max_tokens": 24},
+    }
+}
 
 
 def run_handler(*args: str, cwd=ROOT, handler=ROOT / "handler.py", timeout: float = 240, **env: str):
@@ -21,7 +26,11 @@ def run_handler(*args: str, cwd=ROOT, handler=ROOT / "handler.py", timeout: floa
     began = time.monotonic()
     done = subprocess.run(
         [sys.executable, str(handler), *args],
-        cwd=cwd, env={**os.environ, **ENGINE_ENV, **env}, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, **ENGINE_ENV, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     return done.returncode, done.stdout + done.stderr, time.monotonic() - began
 

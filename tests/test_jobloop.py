@@ -69,12 +69,14 @@ def _start(concurrency: int, take=None) -> tuple[FakeRunPod, jobloop.EventDriven
     """The job loop running on a FakeRunPod (its job take, or `take`). Call inside an event loop."""
     fake = FakeRunPod()
     JobsProgress().clear()  # the SDK's job set is a process-wide singleton kept in a file
-    scaler = jobloop.EventDrivenJobScaler({
-        "concurrency_modifier": lambda current: concurrency,
-        "jobs_fetcher": take or fake.take,
-        "jobs_handler": fake.run,
-        "stop_signals_fetcher": _no_stop_signals,
-    })
+    scaler = jobloop.EventDrivenJobScaler(
+        {
+            "concurrency_modifier": lambda current: concurrency,
+            "jobs_fetcher": take or fake.take,
+            "jobs_handler": fake.run,
+            "stop_signals_fetcher": _no_stop_signals,
+        }
+    )
     return fake, scaler, asyncio.create_task(scaler.run())
 
 
@@ -122,7 +124,7 @@ def test_a_job_taken_while_idle_starts_without_waiting_for_a_poll():
         await _until(lambda: fake.takes)  # idle, waiting in the take
         for job_id in ("x", "y", "z"):
             fake.submit(job_id)
-            await _until(lambda: job_id in fake.finished)
+            await _until(lambda job_id=job_id: job_id in fake.finished)
         await _until(lambda: fake.in_take)
         scaler.kill_worker()
         fake.submit("last")
@@ -183,8 +185,15 @@ def test_the_sdk_still_has_the_shape_this_replaces():
     }.items():
         assert list(inspect.signature(getattr(base, name)).parameters) == parameters, name
     scaler = base({})
-    for attribute in ("jobs_queue", "job_progress", "jobs_tasks", "jobs_fetcher", "jobs_fetcher_timeout",
-                      "current_concurrency", "config"):
+    for attribute in (
+        "jobs_queue",
+        "job_progress",
+        "jobs_tasks",
+        "jobs_fetcher",
+        "jobs_fetcher_timeout",
+        "current_concurrency",
+        "config",
+    ):
         assert hasattr(scaler, attribute), attribute
     # run_worker looks JobScaler up on the module when it starts, which is what install() relies on.
     assert "rp_scale.JobScaler(" in inspect.getsource(runpod.serverless.worker.run_worker)

@@ -27,7 +27,9 @@ def test_per_job_batching_overrides_the_defaults():
 
 
 def test_sampling_params_become_vllm_sampling_params():
-    params = parse({"prompt": "x", "sampling_params": {"temperature": 0.2, "stop": ["\n"], "n": 2, "seed": 3}}).sampling_params
+    params = parse(
+        {"prompt": "x", "sampling_params": {"temperature": 0.2, "stop": ["\n"], "n": 2, "seed": 3}}
+    ).sampling_params
     assert (params.temperature, params.stop, params.n, params.seed) == (0.2, ["\n"], 2, 3)
     assert params.max_tokens is None  # filled in once the prompt's length is known
     assert parse({"prompt": "x", "sampling_params": {"max_tokens": 7}}).sampling_params.max_tokens == 7

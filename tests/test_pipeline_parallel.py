@@ -9,9 +9,9 @@ tokens as eager TP=1."""
 from __future__ import annotations
 
 import pytest
+from test_tensor_parallel import CHAT, PROMPTS, TOKENS  # the same prompts as TP=2 against TP=1
 
 from conftest import ENGINE_ENV, RunningWorker, text_of, token_ids_of
-from test_tensor_parallel import CHAT, PROMPTS, TOKENS  # the same prompts as TP=2 against TP=1
 
 pytestmark = pytest.mark.engine
 
@@ -32,8 +32,10 @@ def greedy_runs(**env: str) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(models):
-    return {"tp1": greedy_runs(TENSOR_PARALLEL_SIZE="1"),
-            "pp2": greedy_runs(TENSOR_PARALLEL_SIZE="1", PIPELINE_PARALLEL_SIZE="2")}
+    return {
+        "tp1": greedy_runs(TENSOR_PARALLEL_SIZE="1"),
+        "pp2": greedy_runs(TENSOR_PARALLEL_SIZE="1", PIPELINE_PARALLEL_SIZE="2"),
+    }
 
 
 def test_the_engine_runs_two_pipeline_stages_of_15_layers(runs):
@@ -47,7 +49,7 @@ def test_the_engine_runs_two_pipeline_stages_of_15_layers(runs):
 
 
 def test_pp2_float32_greedy_equals_tp1_token_for_token(runs):
-    for tp1, pp2 in zip(runs["tp1"]["prompts"], runs["pp2"]["prompts"]):
+    for tp1, pp2 in zip(runs["tp1"]["prompts"], runs["pp2"]["prompts"], strict=True):
         ids = token_ids_of(tp1)
         assert len(ids) == TOKENS
         assert token_ids_of(pp2) == ids

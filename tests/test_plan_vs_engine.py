@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-
 import pytest
 
-from conftest import ENGINE_ENV, RunningWorker, text_of
 from tpworker import hardware
 from tpworker.modelinfo import ModelFacts, read_model_config
 from tpworker.parallel import PlanError, valid_tp_sizes
 from tpworker.preflight import PreflightError
 from tpworker.settings import load_settings
 from tpworker.startup import add_engine_args, plan_start, run_preflight
+
+from conftest import ENGINE_ENV, RunningWorker, text_of
 
 
 @pytest.mark.engine
@@ -21,7 +21,9 @@ def test_tp4_on_the_padded_model_is_accepted_and_serves(models):
     try:
         assert worker.engine.tensor_parallel_size == 4
         # 4 ranks on 2 cores run unbound (slow), so keep it short
-        chunks = worker.job({"prompt": "The capital of France is", "sampling_params": {"temperature": 0, "max_tokens": 4}})
+        chunks = worker.job(
+            {"prompt": "The capital of France is", "sampling_params": {"temperature": 0, "max_tokens": 4}}
+        )
     finally:
         worker.close()
     assert "Paris" in text_of(chunks)
@@ -49,7 +51,9 @@ def test_preflight_refuses_a_gpu_too_small_for_the_weights(models, monkeypatch):
 
 
 def test_auto_on_simulated_gpus_uses_the_largest_valid_size(models, monkeypatch):
-    monkeypatch.setattr(hardware, "visible_gpus", lambda *_: [hardware.Gpu(i, "Fake GPU", 80 * 2**30) for i in range(3)])
+    monkeypatch.setattr(
+        hardware, "visible_gpus", lambda *_: [hardware.Gpu(i, "Fake GPU", 80 * 2**30) for i in range(3)]
+    )
     settings = load_settings({"MODEL_NAME": str(models[1])})
     plan = plan_start(settings)
     assert plan.parallel.tensor_parallel_size == 2 and "1 GPU(s) per stage stay idle" in plan.parallel.warning

@@ -40,12 +40,27 @@ def test_llama_3_70b_bf16_weights_per_gpu_within_3_percent_of_141_gb_over_tp():
 
 
 def test_published_parameter_counts():
-    billions = {name: MemoryModel(facts(name)).counts.total / 1e9 for name in
-                ("llama-3-8b-instruct", "llama-3-70b-instruct", "llama-3.1-405b-instruct",
-                 "mixtral-8x7b-instruct", "qwen2.5-72b-instruct", "qwen2.5-7b-instruct", "smollm2-135m-instruct")}
-    expected = {"llama-3-8b-instruct": 8.03, "llama-3-70b-instruct": 70.55, "llama-3.1-405b-instruct": 405.85,
-                "mixtral-8x7b-instruct": 46.70, "qwen2.5-72b-instruct": 72.71, "qwen2.5-7b-instruct": 7.62,
-                "smollm2-135m-instruct": 0.1348}
+    billions = {
+        name: MemoryModel(facts(name)).counts.total / 1e9
+        for name in (
+            "llama-3-8b-instruct",
+            "llama-3-70b-instruct",
+            "llama-3.1-405b-instruct",
+            "mixtral-8x7b-instruct",
+            "qwen2.5-72b-instruct",
+            "qwen2.5-7b-instruct",
+            "smollm2-135m-instruct",
+        )
+    }
+    expected = {
+        "llama-3-8b-instruct": 8.03,
+        "llama-3-70b-instruct": 70.55,
+        "llama-3.1-405b-instruct": 405.85,
+        "mixtral-8x7b-instruct": 46.70,
+        "qwen2.5-72b-instruct": 72.71,
+        "qwen2.5-7b-instruct": 7.62,
+        "smollm2-135m-instruct": 0.1348,
+    }
     for name, value in expected.items():
         assert billions[name] == pytest.approx(value, rel=0.01), name
 
@@ -67,8 +82,21 @@ def test_a_gqa_model_with_fewer_kv_heads_than_tp():
 
 
 def test_plan_command_on_llama_70b_with_8_gpus_of_80_gib(capsys):
-    assert cli.main(["plan", str(CONFIGS / "llama-3-70b-instruct.json"), "--gpus", "8", "--gpu-memory", "80",
-                     "--max-model-len", "8192"]) == 0
+    assert (
+        cli.main(
+            [
+                "plan",
+                str(CONFIGS / "llama-3-70b-instruct.json"),
+                "--gpus",
+                "8",
+                "--gpu-memory",
+                "80",
+                "--max-model-len",
+                "8192",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "Valid TP sizes up to 8: 1, 2, 4, 8" in text
     rows = {line.split()[0]: line for line in text.splitlines() if line[:2].strip() in {"1", "2", "4", "8"}}
@@ -80,7 +108,10 @@ def test_plan_command_on_llama_70b_with_8_gpus_of_80_gib(capsys):
 
 
 def test_plan_json_for_scripts(capsys):
-    assert cli.main(["plan", str(CONFIGS / "llama-3-70b-instruct.json"), "--gpus", "8", "--gpu-memory", "80", "--json"]) == 0
+    assert (
+        cli.main(["plan", str(CONFIGS / "llama-3-70b-instruct.json"), "--gpus", "8", "--gpu-memory", "80", "--json"])
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["valid_sizes"] == [1, 2, 4, 8]
     assert [row["weights_fit"] for row in report["rows"]] == [False, True, True, True]
@@ -94,9 +125,12 @@ def test_plan_of_a_missing_model_says_so(capsys, tmp_path):
 
 def test_fp8_kv_cache_doubles_the_tokens_that_fit():
     llama = facts("llama-3-70b-instruct")
-    bf16 = planner.build_report(str(CONFIGS / "llama-3-70b-instruct.json"), gpus=4, gpu_memory_gib=80, max_model_len=8192)
-    fp8 = planner.build_report(str(CONFIGS / "llama-3-70b-instruct.json"), gpus=4, gpu_memory_gib=80, max_model_len=8192,
-                               kv_cache_dtype="fp8")
+    bf16 = planner.build_report(
+        str(CONFIGS / "llama-3-70b-instruct.json"), gpus=4, gpu_memory_gib=80, max_model_len=8192
+    )
+    fp8 = planner.build_report(
+        str(CONFIGS / "llama-3-70b-instruct.json"), gpus=4, gpu_memory_gib=80, max_model_len=8192, kv_cache_dtype="fp8"
+    )
     assert fp8.rows[-1].kv_tokens == pytest.approx(2 * bf16.rows[-1].kv_tokens, rel=0.001)
     assert llama.max_position_embeddings == 8192
 
@@ -104,8 +138,16 @@ def test_fp8_kv_cache_doubles_the_tokens_that_fit():
 def test_preflight_refuses_weights_larger_than_the_gpu():
     memory = MemoryModel(facts("llama-3-70b-instruct"))
     with pytest.raises(PreflightError) as caught:
-        memory_findings(memory, tp=1, pp=1, gpu_bytes=80 * GiB, utilization=0.92, max_model_len=8192,
-                        max_concurrency=30, gpu_count=8)
+        memory_findings(
+            memory,
+            tp=1,
+            pp=1,
+            gpu_bytes=80 * GiB,
+            utilization=0.92,
+            max_model_len=8192,
+            max_concurrency=30,
+            gpu_count=8,
+        )
     message = str(caught.value)
     assert "141.1 GB per GPU at TP=1" in message and "TENSOR_PARALLEL_SIZE=8" in message
 
@@ -114,22 +156,40 @@ def test_preflight_refuses_no_room_for_one_request_of_max_model_len():
     # 70.6 GB of weights per GPU leave ~8.4 GB: about 51k tokens of KV cache at 160 KiB each
     memory = MemoryModel(facts("llama-3-70b-instruct"))
     with pytest.raises(PreflightError, match="fewer than one request of MAX_MODEL_LEN=65,536"):
-        memory_findings(memory, tp=2, pp=1, gpu_bytes=80 * GiB, utilization=0.92, max_model_len=65536,
-                        max_concurrency=30, gpu_count=2)
+        memory_findings(
+            memory,
+            tp=2,
+            pp=1,
+            gpu_bytes=80 * GiB,
+            utilization=0.92,
+            max_model_len=65536,
+            max_concurrency=30,
+            gpu_count=2,
+        )
     # and a 405B on 8 H200s (141 GiB) does hold a 131k-token request
-    found = memory_findings(MemoryModel(facts("llama-3.1-405b-instruct")), tp=8, pp=1, gpu_bytes=141 * GiB,
-                            utilization=0.92, max_model_len=131072, max_concurrency=1, gpu_count=8)
+    found = memory_findings(
+        MemoryModel(facts("llama-3.1-405b-instruct")),
+        tp=8,
+        pp=1,
+        gpu_bytes=141 * GiB,
+        utilization=0.92,
+        max_model_len=131072,
+        max_concurrency=1,
+        gpu_count=8,
+    )
     assert "101.5 GB of weights" in found.notes[0]
 
 
 def test_preflight_notes_the_plan_and_warns_when_concurrency_does_not_fit():
     memory = MemoryModel(facts("llama-3-70b-instruct"))
-    found = memory_findings(memory, tp=2, pp=1, gpu_bytes=80 * GiB, utilization=0.95, max_model_len=4096,
-                            max_concurrency=30, gpu_count=2)
+    found = memory_findings(
+        memory, tp=2, pp=1, gpu_bytes=80 * GiB, utilization=0.95, max_model_len=4096, max_concurrency=30, gpu_count=2
+    )
     assert "70.6 GB of weights" in found.notes[0]
     assert any("fewer than MAX_CONCURRENCY=30" in w for w in found.warnings)
-    roomy = memory_findings(memory, tp=8, pp=1, gpu_bytes=80 * GiB, utilization=0.92, max_model_len=8192,
-                            max_concurrency=30, gpu_count=8)
+    roomy = memory_findings(
+        memory, tp=8, pp=1, gpu_bytes=80 * GiB, utilization=0.92, max_model_len=8192, max_concurrency=30, gpu_count=8
+    )
     assert roomy.warnings == []
 
 
@@ -173,6 +233,8 @@ class FakeNvml:
 
 def test_links_read_from_nvml_follow_cuda_visible_devices():
     assert gpu_links(None, 3, nvml=FakeNvml()) == [
-        Link(0, 1, True, True), Link(0, 2, False, True), Link(1, 2, False, True)
+        Link(0, 1, True, True),
+        Link(0, 2, False, True),
+        Link(1, 2, False, True),
     ]
     assert gpu_links("2,0", 2, nvml=FakeNvml()) == [Link(0, 1, False, True)]

@@ -12,11 +12,12 @@ import pytest
 from huggingface_hub import constants, snapshot_download
 from safetensors.numpy import save_file
 
-from conftest import ROOT
-from hubserver import FakeHub
 from tpworker import download, hardware, resolve
 from tpworker.settings import load_settings
 from tpworker.startup import StartError, add_engine_args, choose_model, plan_start
+
+from conftest import ROOT
+from hubserver import FakeHub
 
 REPO = "HuggingFaceTB/Tiny-Model"
 CONFIG = ROOT / "tests" / "fixtures" / "configs" / "smollm2-135m-instruct.json"
@@ -42,8 +43,13 @@ def hub(tmp_path_factory):
 
 
 def settings(tmp_path: Path, **env: str):
-    return load_settings({"MODEL_MANIFEST": str(tmp_path / "models" / "tpworker-manifest.json"),
-                          "BASE_PATH": str(tmp_path / "volume"), **env})
+    return load_settings(
+        {
+            "MODEL_MANIFEST": str(tmp_path / "models" / "tpworker-manifest.json"),
+            "BASE_PATH": str(tmp_path / "volume"),
+            **env,
+        }
+    )
 
 
 @pytest.fixture
@@ -66,11 +72,16 @@ def test_the_baked_model_is_served_offline_with_its_tokenizer(baked, tmp_path):
 def test_another_model_than_the_baked_one_is_looked_for_elsewhere(baked, tmp_path):
     located = resolve.locate(settings(tmp_path, MODEL_NAME="org/other"))
     assert located.download and located.path_or_id == "org/other"
-    with pytest.raises(resolve.ModelNotFound, match=r"MODEL_NAME='org/other' is not available offline \(the image "
-                       r"holds HuggingFaceTB/Tiny-Model; not in .*volume/huggingface-cache/hub\) and HF_HUB_OFFLINE is set"):
+    with pytest.raises(
+        resolve.ModelNotFound,
+        match=r"MODEL_NAME='org/other' is not available offline \(the image "
+        r"holds HuggingFaceTB/Tiny-Model; not in .*volume/huggingface-cache/hub\) and HF_HUB_OFFLINE is set",
+    ):
         resolve.locate(settings(tmp_path, MODEL_NAME="org/other", HF_HUB_OFFLINE="1"))
     assert resolve.locate(settings(tmp_path, MODEL_NAME=REPO, MODEL_REVISION="v2")).download
-    with pytest.raises(resolve.ModelNotFound, match=r"MODEL_REVISION='v2', but the image holds HuggingFaceTB/Tiny-Model at main"):
+    with pytest.raises(
+        resolve.ModelNotFound, match=r"MODEL_REVISION='v2', but the image holds HuggingFaceTB/Tiny-Model at main"
+    ):
         resolve.locate(settings(tmp_path, MODEL_REVISION="v2"))
 
 
@@ -133,7 +144,9 @@ def test_folders_and_paths(tmp_path):
         resolve.locate(settings(tmp_path, MODEL_NAME="/nowhere/model"))
     assert resolve.locate(settings(tmp_path)) is None  # nothing named, nothing baked
     gpu = hardware.Gpu(0, "NVIDIA H100", 80 * 1024**3)
-    with pytest.raises(StartError, match=r"MODEL_NAME is not set and no model is baked into the image \(no manifest at "):
+    with pytest.raises(
+        StartError, match=r"MODEL_NAME is not set and no model is baked into the image \(no manifest at "
+    ):
         choose_model(settings(tmp_path), [gpu])
 
 

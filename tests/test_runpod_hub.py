@@ -10,9 +10,10 @@ import json
 import jsonschema
 import pytest
 
-from conftest import ROOT
 from tpworker import app, envdocs, runpodhub, vllm_bridge
 from tpworker.settings import load_settings
+
+from conftest import ROOT
 
 HUB = json.loads((ROOT / ".runpod" / "hub.json").read_text())
 TESTS = json.loads((ROOT / ".runpod" / "tests.json").read_text())
@@ -55,14 +56,29 @@ HUB_SCHEMA = {
                 "gpuCount": {"type": "integer", "minimum": 1},
                 "gpuIds": {"type": "string", "pattern": r"^-?[A-Za-z0-9_ ]+(,-?[A-Za-z0-9_ ]+)*$"},
                 "allowedCudaVersions": {"type": "array", "items": {"type": "string"}},
-                "presets": {"type": "array", "items": {
-                    "type": "object", "required": ["name", "defaults"], "additionalProperties": False,
-                    "properties": {"name": {"type": "string"}, "defaults": {"type": "object"}}}},
-                "env": {"type": "array", "items": {
-                    "type": "object", "required": ["key"], "additionalProperties": False,
-                    "properties": {"key": {"type": "string", "pattern": "^[A-Z][A-Z0-9_]*$"},
-                                   "value": {"type": "string"}, "input": _INPUT},
-                    "oneOf": [{"required": ["value"]}, {"required": ["input"]}]}},
+                "presets": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "defaults"],
+                        "additionalProperties": False,
+                        "properties": {"name": {"type": "string"}, "defaults": {"type": "object"}},
+                    },
+                },
+                "env": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["key"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "key": {"type": "string", "pattern": "^[A-Z][A-Z0-9_]*$"},
+                            "value": {"type": "string"},
+                            "input": _INPUT,
+                        },
+                        "oneOf": [{"required": ["value"]}, {"required": ["input"]}],
+                    },
+                },
             },
         },
     },
@@ -72,18 +88,36 @@ TESTS_SCHEMA = {
     "required": ["tests", "config"],
     "additionalProperties": False,
     "properties": {
-        "tests": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["name", "input"], "additionalProperties": False,
-            "properties": {"name": {"type": "string"}, "input": {"type": "object"},
-                           "timeout": {"type": "integer", "minimum": 1}}}},
+        "tests": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "input"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string"},
+                    "input": {"type": "object"},
+                    "timeout": {"type": "integer", "minimum": 1},
+                },
+            },
+        },
         "config": {
-            "type": "object", "required": ["gpuTypeId", "gpuCount"], "additionalProperties": False,
+            "type": "object",
+            "required": ["gpuTypeId", "gpuCount"],
+            "additionalProperties": False,
             "properties": {
                 "gpuTypeId": {"type": "string"},
                 "gpuCount": {"type": "integer", "minimum": 1},
-                "env": {"type": "array", "items": {
-                    "type": "object", "required": ["key", "value"], "additionalProperties": False,
-                    "properties": {"key": {"type": "string"}, "value": {"type": "string"}}}},
+                "env": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["key", "value"],
+                        "additionalProperties": False,
+                        "properties": {"key": {"type": "string"}, "value": {"type": "string"}},
+                    },
+                },
                 "allowedCudaVersions": {"type": "array", "items": {"type": "string"}},
             },
         },

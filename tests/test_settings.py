@@ -78,12 +78,22 @@ def test_every_engine_argument_has_a_variable():
     settable = set(vllm_bridge.engine_arg_names()) | set(WorkerSettings.model_fields)
     # hf_token: huggingface_hub reads HF_TOKEN itself. The others have no command-line flag in
     # vLLM 0.32 (no way to set them in `vllm serve` either).
-    assert fields - settable == {"hf_token", "tokens_only", "mamba_config", "model_weights", "enable_mm_processor_stats"}
+    assert fields - settable == {
+        "hf_token",
+        "tokens_only",
+        "mamba_config",
+        "model_weights",
+        "enable_mm_processor_stats",
+    }
 
 
 def test_worker_vllm_aliases_and_conflicts():
     settings = load_settings({"MODEL_NAME": "org/model", "MODEL_REVISION": "abc", "TOKENIZER_NAME": "org/tok"})
-    assert (settings.worker.model, settings.worker.revision, settings.worker.tokenizer) == ("org/model", "abc", "org/tok")
+    assert (settings.worker.model, settings.worker.revision, settings.worker.tokenizer) == (
+        "org/model",
+        "abc",
+        "org/tok",
+    )
     assert settings.source_of("model") == "MODEL_NAME"
     assert load_settings({"MODEL": "x", "MODEL_NAME": "x"}).worker.model == "x"
     with pytest.raises(SettingsError, match="MODEL='a' and MODEL_NAME='b' are both set"):
@@ -96,7 +106,9 @@ def test_worker_settings_defaults_bounds_and_all_problems_at_once():
     with pytest.raises(SettingsError) as caught:
         load_settings({"MAX_CONCURRENCY": "0", "MIN_BATCH_SIZE": "x", "BATCH_SIZE_GROWTH_FACTOR": "0.5"})
     assert [line.split("=")[0] for line in caught.value.problems] == [
-        "BATCH_SIZE_GROWTH_FACTOR", "MAX_CONCURRENCY", "MIN_BATCH_SIZE"
+        "BATCH_SIZE_GROWTH_FACTOR",
+        "MAX_CONCURRENCY",
+        "MIN_BATCH_SIZE",
     ]
 
 
@@ -109,9 +121,15 @@ def test_secrets_are_masked():
 
 
 def test_openai_frontend_options_and_worker_vllm_names_for_them():
-    options = load_settings({"CUSTOM_CHAT_TEMPLATE": "{{ messages }}", "OPENAI_RESPONSE_ROLE": "bot",
-                             "ENABLE_AUTO_TOOL_CHOICE": "true", "TOOL_CALL_PARSER": "hermes",
-                             "LORA_MODULES": '[{"name": "sql", "path": "/loras/sql"}]'}).vllm_args()
+    options = load_settings(
+        {
+            "CUSTOM_CHAT_TEMPLATE": "{{ messages }}",
+            "OPENAI_RESPONSE_ROLE": "bot",
+            "ENABLE_AUTO_TOOL_CHOICE": "true",
+            "TOOL_CALL_PARSER": "hermes",
+            "LORA_MODULES": '[{"name": "sql", "path": "/loras/sql"}]',
+        }
+    ).vllm_args()
     assert options["chat_template"] == "{{ messages }}" and options["response_role"] == "bot"
     assert options["enable_auto_tool_choice"] is True and options["tool_call_parser"] == "hermes"
     assert options["lora_modules"][0].name == "sql"

@@ -23,8 +23,11 @@ PROMPTS = [
 TOKENS = 32
 
 
-CHAT = {"messages": [{"role": "user", "content": "What is the capital of France?"}],
-        "stream": True, "sampling_params": {"temperature": 0, "max_tokens": 24, "logprobs": 5}}
+CHAT = {
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    "stream": True,
+    "sampling_params": {"temperature": 0, "max_tokens": 24, "logprobs": 5},
+}
 
 
 def greedy_runs(tp: int, dtype: str) -> dict:
@@ -50,7 +53,7 @@ def bfloat16_runs(models):
 
 
 def test_tp2_float32_greedy_equals_tp1_token_for_token(float32_runs):
-    for tp1, tp2 in zip(float32_runs[1]["prompts"], float32_runs[2]["prompts"]):
+    for tp1, tp2 in zip(float32_runs[1]["prompts"], float32_runs[2]["prompts"], strict=True):
         ids = token_ids_of(tp1)
         assert len(ids) == TOKENS
         assert token_ids_of(tp2) == ids
@@ -64,7 +67,7 @@ def top5(chunks: list[dict]) -> list[set[int]]:
 def assert_agree_within_top5(a_chunks: list[dict], b_chunks: list[dict]) -> None:
     """Greedy runs agree until they first differ; there each side's token is in the other's top 5."""
     a, b = token_ids_of(a_chunks), token_ids_of(b_chunks)
-    first_difference = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    first_difference = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
     if first_difference is None:
         return
     i = first_difference
@@ -72,7 +75,7 @@ def assert_agree_within_top5(a_chunks: list[dict], b_chunks: list[dict]) -> None
 
 
 def test_tp2_bfloat16_agrees_with_tp1_within_top5(bfloat16_runs):
-    for tp1, tp2 in zip(bfloat16_runs[1]["prompts"], bfloat16_runs[2]["prompts"]):
+    for tp1, tp2 in zip(bfloat16_runs[1]["prompts"], bfloat16_runs[2]["prompts"], strict=True):
         assert len(token_ids_of(tp1)) == len(token_ids_of(tp2)) == TOKENS
         assert_agree_within_top5(tp1, tp2)
 

@@ -55,8 +55,14 @@ def machine() -> dict:
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
             break
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown")
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
     return {
         "cpu": model,
         "avx512f": "avx512f" in flags,
@@ -108,11 +114,15 @@ def candidate_logits(folders: dict[str, Path]) -> str:
     for text in CANDIDATES:
         token_id = tokenizer.convert_tokens_to_ids(text)
         value = logits[token_id].item()
-        parts.append(f"{text!r} (id {token_id}) {value:.4f} -> bfloat16 {torch.tensor(value).to(torch.bfloat16).item()}")
+        parts.append(
+            f"{text!r} (id {token_id}) {value:.4f} -> bfloat16 {torch.tensor(value).to(torch.bfloat16).item()}"
+        )
     size = logits[tokenizer.convert_tokens_to_ids(CANDIDATES[0])].abs().item()
     step = 2.0 ** (torch.tensor(size).log2().floor().item() - 7)  # bfloat16 keeps 8 significant bits
-    return (f"first-token logits in float32: {'; '.join(parts)}. bfloat16's step at this size: {step}; on a tie "
-            f"greedy takes the lower token id.")
+    return (
+        f"first-token logits in float32: {'; '.join(parts)}. bfloat16's step at this size: {step}; on a tie "
+        f"greedy takes the lower token id."
+    )
 
 
 def transformers_runs(folders: dict[str, Path]) -> dict[str, dict]:
@@ -127,11 +137,12 @@ def transformers_runs(folders: dict[str, Path]) -> dict[str, dict]:
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
             with torch.no_grad():
                 logits = model(ids).logits[0, -1].float()
-                answer = model.generate(ids, max_new_tokens=ANSWER_TOKENS, do_sample=False)[0, ids.shape[1]:]
+                answer = model.generate(ids, max_new_tokens=ANSWER_TOKENS, do_sample=False)[0, ids.shape[1] :]
             logprobs = torch.log_softmax(logits, dim=-1)
             values, indices = logprobs.topk(50)
             results[f"transformers {str(dtype).split('.')[-1]} {name}"] = summary(
-                tokenizer, dict(zip(indices.tolist(), values.tolist())), answer.tolist())
+                tokenizer, dict(zip(indices.tolist(), values.tolist(), strict=True)), answer.tolist()
+            )
     return results
 
 
@@ -143,8 +154,13 @@ def vllm_child(variant: str) -> None:
 
     which, engine_args, _ = VLLM_VARIANTS[variant]
     folders = model_folders()
-    args = {"enforce_eager": True, "max_model_len": 512, "kv_cache_memory_bytes": 1 << 30, "max_logprobs": 50,
-            **engine_args}
+    args = {
+        "enforce_eager": True,
+        "max_model_len": 512,
+        "kv_cache_memory_bytes": 1 << 30,
+        "max_logprobs": 50,
+        **engine_args,
+    }
     llm = LLM(model=str(folders[which]), **args)
     tokenizer = AutoTokenizer.from_pretrained(folders["padded"])
     params = SamplingParams(temperature=0, max_tokens=ANSWER_TOKENS, logprobs=50)
@@ -155,11 +171,16 @@ def vllm_child(variant: str) -> None:
 
 def vllm_run(variant: str) -> dict:
     _, _, env = VLLM_VARIANTS[variant]
-    done = subprocess.run([sys.executable, __file__, "--child", variant], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", variant],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     return {"error": (done.stdout + done.stderr)[-1500:]}
 
 

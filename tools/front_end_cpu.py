@@ -55,13 +55,19 @@ def main(rounds: int) -> None:
             for name, send in ways.items():
                 before = cpu_seconds()
                 for r in range(rounds):
-                    await asyncio.gather(*(send(f"Request {r}-{i}: tell me about the sea.", f"{name}-{repeat}-{r}-{i}")
-                                           for i in range(CONCURRENCY)))
+                    await asyncio.gather(
+                        *(
+                            send(f"Request {r}-{i}: tell me about the sea.", f"{name}-{repeat}-{r}-{i}")
+                            for i in range(CONCURRENCY)
+                        )
+                    )
                 if repeat:
                     per_request[name].append((cpu_seconds() - before) / (rounds * CONCURRENCY) * 1000)
         for name, values in per_request.items():
-            print(f"{name}: {statistics.median(values):.2f} ms of front-end CPU per request "
-                  f"({', '.join(f'{v:.2f}' for v in values)})")
+            print(
+                f"{name}: {statistics.median(values):.2f} ms of front-end CPU per request "
+                f"({', '.join(f'{v:.2f}' for v in values)})"
+            )
 
     try:
         asyncio.run(measure())

@@ -73,8 +73,10 @@ def _local_job(argv: list[str], handler_dir: Path, on_runpod: bool) -> dict | No
         found = [p for p in (Path.cwd() / "test_input.json", handler_dir / "test_input.json") if p.is_file()]
         if not found:
             raise SettingsError(
-                ["Nothing to run: pass --test_input '<job json>', or put a test_input.json beside handler.py. "
-                 "(On RunPod the job loop starts by itself; --rp_serve_api starts the SDK's local API.)"]
+                [
+                    "Nothing to run: pass --test_input '<job json>', or put a test_input.json beside handler.py. "
+                    "(On RunPod the job loop starts by itself; --rp_serve_api starts the SDK's local API.)"
+                ]
             )
         text, origin = found[0].read_text(), str(found[0])
     try:
@@ -123,8 +125,9 @@ def main(handler: Callable, handler_file: str) -> int:
         for line in str(e).splitlines():
             log.error("Cannot start: %s", line)
         return 2
-    _worker = build_worker(engine, settings.worker, plan.engine_args["model"],
-                           plan.engine_args["served_model_name"], plan.openai_options)
+    _worker = build_worker(
+        engine, settings.worker, plan.engine_args["model"], plan.engine_args["served_model_name"], plan.openai_options
+    )
     from tpworker.watchdog import Watchdog
 
     watchdog = Watchdog(engine, _worker, settings.worker.engine_stall_timeout)
@@ -151,4 +154,3 @@ def main(handler: Callable, handler_file: str) -> int:
     finally:
         watchdog.stop()  # the engine's processes are about to exit on purpose
         _worker.close()
-

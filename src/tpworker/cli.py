@@ -53,8 +53,12 @@ def _download(args: argparse.Namespace) -> int:
     try:
         result = download.download_model(
             # Empty values (unset build arguments) mean "not given".
-            args.model, dest, revision=args.revision or None, tokenizer=args.tokenizer or None,
-            tokenizer_revision=args.tokenizer_revision or None, served_name=args.served_name or None,
+            args.model,
+            dest,
+            revision=args.revision or None,
+            tokenizer=args.tokenizer or None,
+            tokenizer_revision=args.tokenizer_revision or None,
+            served_name=args.served_name or None,
             manifest_file=manifest_file,
         )
     except download.DownloadError as e:
@@ -92,7 +96,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="tpworker", description="RunPod serverless worker for vLLM with tensor parallelism.")
+    root = argparse.ArgumentParser(
+        prog="tpworker", description="RunPod serverless worker for vLLM with tensor parallelism."
+    )
     commands = root.add_subparsers(dest="command", required=True)
 
     plan = commands.add_parser(
@@ -102,11 +108,21 @@ def parser() -> argparse.ArgumentParser:
         "tokens of KV cache fit, and which size to use. No GPU or weights needed.",
     )
     plan.add_argument("model", help="a local model folder, a config.json file, or a Hugging Face repo id (online)")
-    plan.add_argument("--gpus", type=int, help="GPUs available, per node with --nodes (default: the visible ones, else 8)")
-    plan.add_argument("--nodes", type=int, default=1, help="nodes of --gpus GPUs each: plans TP within a node x "
-                      "PP across nodes, on Ray (default 1)")
-    plan.add_argument("--gpu-memory", type=float, metavar="GiB", help="memory of each GPU (default: the visible GPUs', else 80)")
-    plan.add_argument("--max-model-len", type=int, metavar="L", help="tokens per request (default: the model's context)")
+    plan.add_argument(
+        "--gpus", type=int, help="GPUs available, per node with --nodes (default: the visible ones, else 8)"
+    )
+    plan.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="nodes of --gpus GPUs each: plans TP within a node x PP across nodes, on Ray (default 1)",
+    )
+    plan.add_argument(
+        "--gpu-memory", type=float, metavar="GiB", help="memory of each GPU (default: the visible GPUs', else 80)"
+    )
+    plan.add_argument(
+        "--max-model-len", type=int, metavar="L", help="tokens per request (default: the model's context)"
+    )
     plan.add_argument("--max-concurrency", type=int, default=30, help="requests served at once (default 30)")
     plan.add_argument("--gpu-memory-utilization", type=float, default=0.92, help="fraction vLLM may use (default 0.92)")
     plan.add_argument("--dtype", help="serving dtype (default: the checkpoint's)")
@@ -129,8 +145,11 @@ def parser() -> argparse.ArgumentParser:
     fetch.add_argument("--tokenizer-revision", help="the tokenizer's branch, tag or commit")
     fetch.add_argument("--served-name", help="the model name clients use (default: MODEL)")
     fetch.add_argument("--dest", help="folder the model goes into a subfolder of (default: the manifest's folder)")
-    fetch.add_argument("--manifest", help="manifest file to write (default: DEST/tpworker-manifest.json, "
-                       "else MODEL_MANIFEST, /models/tpworker-manifest.json)")
+    fetch.add_argument(
+        "--manifest",
+        help="manifest file to write (default: DEST/tpworker-manifest.json, "
+        "else MODEL_MANIFEST, /models/tpworker-manifest.json)",
+    )
     fetch.set_defaults(run=_download)
 
     dev = commands.add_parser(

@@ -67,8 +67,10 @@ def ray_auth(env: ClusterEnvironment) -> dict[str, str]:
     if env.ray_auth_token_set:
         log.info("Ray authentication: token (RAY_AUTH_TOKEN is set; every node needs the same one).")
         return {"RAY_AUTH_MODE": "token"}
-    log.warning("The Ray cluster runs without token authentication: anyone who reaches its ports can run code on "
-                "it. Set the same secret RAY_AUTH_TOKEN on every node to require it.")
+    log.warning(
+        "The Ray cluster runs without token authentication: anyone who reaches its ports can run code on "
+        "it. Set the same secret RAY_AUTH_TOKEN on every node to require it."
+    )
     return {"RAY_AUTH_MODE": "disabled"}
 
 
@@ -91,8 +93,13 @@ def this_node(settings: Settings, env: ClusterEnvironment, node_ip: str | None, 
         environment["NCCL_SOCKET_IFNAME"] = nccl
     if gloo:
         environment["GLOO_SOCKET_IFNAME"] = gloo
-    log.info("This node: %s on interface %s (NCCL_SOCKET_IFNAME=%s, GLOO_SOCKET_IFNAME=%s).",
-             ip, interface or "unknown", nccl or "NCCL's choice", gloo or "gloo's choice")
+    log.info(
+        "This node: %s on interface %s (NCCL_SOCKET_IFNAME=%s, GLOO_SOCKET_IFNAME=%s).",
+        ip,
+        interface or "unknown",
+        nccl or "NCCL's choice",
+        gloo or "gloo's choice",
+    )
     gpus = len(hardware.visible_gpus(settings.cuda_visible_devices))
     return Node(ip, gpus, len(hardware.usable_cpus()), environment)
 
@@ -106,8 +113,20 @@ def check_shm(ranks_here: str) -> None:
 
 def ray_start(node: Node, role: list[str], extra: list[str]) -> subprocess.Popen:
     """`ray start ... --block` as a child: it runs the Ray node until it is told to stop."""
-    command = [ray_executable(), "start", *role, "--node-ip-address", node.ip, "--num-gpus", str(node.gpus),
-               "--num-cpus", str(node.cpus), "--disable-usage-stats", "--block", *extra]  # the user's last: they win
+    command = [
+        ray_executable(),
+        "start",
+        *role,
+        "--node-ip-address",
+        node.ip,
+        "--num-gpus",
+        str(node.gpus),
+        "--num-cpus",
+        str(node.cpus),
+        "--disable-usage-stats",
+        "--block",
+        *extra,
+    ]  # the user's last: they win
     log.info("Starting Ray: %s", " ".join(command))
     return subprocess.Popen(command, env={**os.environ, **node.environment})
 
@@ -155,8 +174,10 @@ def _needs(settings: Settings, node: Node, nodes: int) -> tuple[int, int]:
 
 
 def _describe(shape: ClusterShape) -> str:
-    return (f"{shape.nodes} node(s), {shape.total_gpus} GPU(s) ({'+'.join(map(str, shape.gpus))}), "
-            f"{shape.total_cpus} CPU(s) ({'+'.join(map(str, shape.cpus))})")
+    return (
+        f"{shape.nodes} node(s), {shape.total_gpus} GPU(s) ({'+'.join(map(str, shape.gpus))}), "
+        f"{shape.total_cpus} CPU(s) ({'+'.join(map(str, shape.cpus))})"
+    )
 
 
 def worker_command(args: argparse.Namespace) -> list[str]:
@@ -171,8 +192,10 @@ def worker_command(args: argparse.Namespace) -> list[str]:
 def head(args: argparse.Namespace) -> int:
     settings, env = load_settings(), load_cluster_environment()
     if settings.worker.distributed_executor_backend == "mp":
-        raise ClusterError("DISTRIBUTED_EXECUTOR_BACKEND=mp keeps every rank on one node; `tpworker cluster` "
-                           "runs them on Ray. Unset it, or set it to ray.")
+        raise ClusterError(
+            "DISTRIBUTED_EXECUTOR_BACKEND=mp keeps every rank on one node; `tpworker cluster` "
+            "runs them on Ray. Unset it, or set it to ray."
+        )
     settings = dataclasses.replace(
         settings, worker=settings.worker.model_copy(update={"distributed_executor_backend": "ray"})
     )
@@ -193,13 +216,23 @@ def head(args: argparse.Namespace) -> int:
         wanted = f"{nodes} node(s)" + (f", {gpus} GPU(s)" if gpus else "") + (f", {cpus} CPU(s)" if cpus else "")
         try:
             shape = raystate.wait_for_cluster(
-                address, nodes, gpus, cpus, args.timeout,
+                address,
+                nodes,
+                gpus,
+                cpus,
+                args.timeout,
                 report=lambda s: log.info("Ray cluster: %s; waiting for %s.", _describe(s), wanted),
             )
         except TimeoutError as e:
-            log.error("The Ray cluster has %s after %g s, short of the %s it waits for. Start `tpworker "
-                      "cluster join %s` on the other nodes (they must reach %s), or change --nodes / the sizes.",
-                      _describe(e.args[0]), args.timeout, wanted, address, address)
+            log.error(
+                "The Ray cluster has %s after %g s, short of the %s it waits for. Start `tpworker "
+                "cluster join %s` on the other nodes (they must reach %s), or change --nodes / the sizes.",
+                _describe(e.args[0]),
+                args.timeout,
+                wanted,
+                address,
+                address,
+            )
             return EXIT_TIMEOUT
         log.info("Ray cluster ready: %s.", _describe(shape))
         if args.no_worker:
@@ -207,8 +240,7 @@ def head(args: argparse.Namespace) -> int:
             return ray.wait()
         command = worker_command(args)
         log.info("Starting the worker on Ray: %s", " ".join(command))
-        worker_env = {**os.environ, **node.environment, "RAY_ADDRESS": address,
-                      "DISTRIBUTED_EXECUTOR_BACKEND": "ray"}
+        worker_env = {**os.environ, **node.environment, "RAY_ADDRESS": address, "DISTRIBUTED_EXECUTOR_BACKEND": "ray"}
         worker = subprocess.Popen(command, env=worker_env)
         code = worker.wait()
         log.info("The worker exited with status %d.", code)
@@ -228,9 +260,13 @@ def join(args: argparse.Namespace) -> int:
     try:
         wait_reachable(address, None, args.timeout, "the head")
     except TimeoutError:
-        log.error("No Ray head answers at %s after %g s. Start `tpworker cluster head` on the head node first, "
-                  "and check that this node reaches %s (the cluster network's address, not the public one).",
-                  address, args.timeout, address)
+        log.error(
+            "No Ray head answers at %s after %g s. Start `tpworker cluster head` on the head node first, "
+            "and check that this node reaches %s (the cluster network's address, not the public one).",
+            address,
+            args.timeout,
+            address,
+        )
         return EXIT_TIMEOUT
     node = this_node(settings, env, args.node_ip, toward=address)
     check_shm("the ranks of this node")
@@ -263,7 +299,7 @@ def split_ray_args(argv: list[str]) -> tuple[list[str], list[str]]:
     take them after join's ADDRESS)."""
     if argv[:1] == ["cluster"] and "--" in argv:
         at = argv.index("--")
-        return argv[:at], argv[at + 1:]
+        return argv[:at], argv[at + 1 :]
     return list(argv), []
 
 
@@ -277,21 +313,36 @@ def add_commands(commands) -> None:
         "to `ray start` as they are.",
     )
     roles = cluster.add_subparsers(dest="role", required=True)
-    head_parser = roles.add_parser("head", help="start the Ray head, wait for the nodes, then run the worker",
-                                   usage="tpworker cluster head [options] [-- RAY_START_ARGS ...]")
-    head_parser.add_argument("--nodes", type=int, help="nodes to wait for (default: NUM_NODES, else PIPELINE_PARALLEL_SIZE)")
+    head_parser = roles.add_parser(
+        "head",
+        help="start the Ray head, wait for the nodes, then run the worker",
+        usage="tpworker cluster head [options] [-- RAY_START_ARGS ...]",
+    )
+    head_parser.add_argument(
+        "--nodes", type=int, help="nodes to wait for (default: NUM_NODES, else PIPELINE_PARALLEL_SIZE)"
+    )
     head_parser.add_argument("--ray-port", type=int, default=RAY_PORT, help=f"the Ray head's port (default {RAY_PORT})")
-    head_parser.add_argument("--dev", action="store_true", help="run `tpworker dev` (RunPod's endpoint API and "
-                             "/openai/v1 over HTTP) instead of handler.py")
+    head_parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="run `tpworker dev` (RunPod's endpoint API and /openai/v1 over HTTP) instead of handler.py",
+    )
     head_parser.add_argument("--host", default="0.0.0.0", help="--dev: address to listen on (default 0.0.0.0)")
     head_parser.add_argument("--port", type=int, default=8000, help="--dev: port to listen on (default 8000)")
     head_parser.add_argument("--handler", help="the worker's handler.py (default: ./handler.py, else the repository's)")
-    head_parser.add_argument("--no-worker", action="store_true", help="only form the cluster; keep Ray running until stopped")
-    join_parser = roles.add_parser("join", help="add this node to the Ray cluster whose head is at ADDRESS",
-                                   usage="tpworker cluster join [options] ADDRESS [-- RAY_START_ARGS ...]")
+    head_parser.add_argument(
+        "--no-worker", action="store_true", help="only form the cluster; keep Ray running until stopped"
+    )
+    join_parser = roles.add_parser(
+        "join",
+        help="add this node to the Ray cluster whose head is at ADDRESS",
+        usage="tpworker cluster join [options] ADDRESS [-- RAY_START_ARGS ...]",
+    )
     join_parser.add_argument("address", help="the head's HOST:PORT, e.g. $PRIMARY_ADDR:6379 on RunPod")
     for role, action, waits_for in ((head_parser, head, "the other nodes"), (join_parser, join, "the head")):
         role.add_argument("--timeout", type=float, default=600, help=f"seconds to wait for {waits_for} (default 600)")
-        role.add_argument("--node-ip", help="this node's address on the cluster network (default: NODE_ADDR, "
-                          "else the address Ray finds)")
+        role.add_argument(
+            "--node-ip",
+            help="this node's address on the cluster network (default: NODE_ADDR, else the address Ray finds)",
+        )
         role.set_defaults(run=_run(action), ray_args=[])

@@ -77,8 +77,8 @@ def pad_attention_heads(src: Path, dest: Path, extra_kv_heads: int = 1) -> None:
     Each new KV group brings `heads / kv_heads` query heads. New heads go after the old ones, so
     the GQA grouping of the old heads (query head h uses KV head h // group) is unchanged.
     """
-    from safetensors.torch import load_file, save_file
     import torch
+    from safetensors.torch import load_file, save_file
 
     config = json.loads((src / "config.json").read_text())
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]

@@ -90,7 +90,9 @@ def openai_error(job: Job) -> tuple[dict, int]:
         code = error.get("code") if isinstance(error.get("code"), int) else 500
         return {"error": error}, code
     status = {"TIMED_OUT": 504, "CANCELLED": 499}.get(job.status, 500)
-    return {"error": {"message": str(error or job.status), "type": "InternalServerError", "param": None, "code": status}}, status
+    return {
+        "error": {"message": str(error or job.status), "type": "InternalServerError", "param": None, "code": status}
+    }, status
 
 
 class DevEndpoint:
@@ -145,7 +147,7 @@ class DevEndpoint:
                 return
             try:
                 await asyncio.wait_for(job.changed.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
     async def expire(self) -> None:
@@ -187,7 +189,7 @@ class DevEndpoint:
             self.queued.clear()
             try:
                 await asyncio.wait_for(self.queued.wait(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return []
         taken = []
         while self.queue and len(taken) < count:
@@ -202,7 +204,7 @@ class DevEndpoint:
             self.stopping.clear()
             try:
                 await asyncio.wait_for(self.stopping.wait(), LONG_POLL_SECONDS)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return []
         signals, self.stops = self.stops, []
         return signals
@@ -224,7 +226,9 @@ def _router(endpoint: DevEndpoint, worker_running) -> APIRouter:
         if not isinstance(body, dict) or "input" not in body:
             return JSONResponse({"error": "The request needs an 'input'."}, status_code=400)
         if body.get("webhook"):
-            return JSONResponse({"error": "tpworker dev does not call webhooks; poll /status or /stream."}, status_code=400)
+            return JSONResponse(
+                {"error": "tpworker dev does not call webhooks; poll /status or /stream."}, status_code=400
+            )
         return endpoint.submit(body["input"], body.get("policy"))
 
     @api.post("/run")
@@ -251,7 +255,7 @@ def _router(endpoint: DevEndpoint, worker_running) -> APIRouter:
         if isinstance(job, JSONResponse):
             return job
         await endpoint.wait(job, STREAM_WAIT_SECONDS, for_chunk=True)
-        new = job.chunks[job.streamed:]
+        new = job.chunks[job.streamed :]
         job.streamed += len(new)
         shown = job.view(with_output=False)
         shown["stream"] = [{"output": chunk} for chunk in new]
@@ -304,8 +308,17 @@ def _router(endpoint: DevEndpoint, worker_running) -> APIRouter:
             except (ValueError, RecursionError):
                 body = None
             if not isinstance(body, dict):
-                return JSONResponse({"error": {"message": "The request body must be a JSON object (valid UTF-8 JSON).",
-                                               "type": "BadRequestError", "param": None, "code": 400}}, status_code=400)
+                return JSONResponse(
+                    {
+                        "error": {
+                            "message": "The request body must be a JSON object (valid UTF-8 JSON).",
+                            "type": "BadRequestError",
+                            "param": None,
+                            "code": 400,
+                        }
+                    },
+                    status_code=400,
+                )
             return await openai(route, body)
 
         api.add_api_route(f"/openai{route}", call, methods=["POST"])
@@ -316,7 +329,7 @@ async def _sse(endpoint: DevEndpoint, job: Job):
     """A job's chunks as one SSE stream, as they arrive; the stream ends with the job."""
     while True:
         await endpoint.wait(job, 3600, for_chunk=True)
-        new = job.chunks[job.streamed:]
+        new = job.chunks[job.streamed :]
         job.streamed += len(new)
         for chunk in new:
             if isinstance(chunk, str):
@@ -418,7 +431,10 @@ class WorkerProcess:
             env = {**os.environ, **worker_environment(self.base_url)}
             log.info("Starting the worker: %s %s", sys.executable, self.handler)
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, str(self.handler), cwd=str(self.handler.parent), env=env,
+                sys.executable,
+                str(self.handler),
+                cwd=str(self.handler.parent),
+                env=env,
                 preexec_fn=_die_with_parent,
             )
             code = await self.process.wait()
@@ -433,7 +449,7 @@ class WorkerProcess:
             self.process.terminate()
             try:
                 await asyncio.wait_for(self.process.wait(), 60)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.process.kill()
 
 
@@ -478,14 +494,19 @@ async def serve(host: str, port: int, handler: Path, restart: bool = True) -> No
 
     app = build_app(endpoint, lambda: worker.running, lifespan)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
-    print(f"tpworker dev: RunPod endpoint API on {base_url} (also {base_url}/v2/dev), "
-          f"OpenAI base URL {base_url}/openai/v1", flush=True)
+    print(
+        f"tpworker dev: RunPod endpoint API on {base_url} (also {base_url}/v2/dev), "
+        f"OpenAI base URL {base_url}/openai/v1",
+        flush=True,
+    )
     await server.serve()
 
 
 def find_handler(given: str | None) -> Path:
     """handler.py: the one given, else the current folder's, else the repository's."""
-    candidates = [Path(given)] if given else [Path.cwd() / "handler.py", Path(__file__).resolve().parents[2] / "handler.py"]
+    candidates = (
+        [Path(given)] if given else [Path.cwd() / "handler.py", Path(__file__).resolve().parents[2] / "handler.py"]
+    )
     for path in candidates:
         if path.is_file():
             return path.resolve()

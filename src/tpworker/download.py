@@ -126,7 +126,9 @@ def fetch(
         api = HfApi(endpoint=endpoint)
         commit = api.model_info(repo_id, revision=revision).sha
         listing = {
-            f.path: f.size for f in api.list_repo_tree(repo_id, revision=commit, recursive=False) if isinstance(f, RepoFile)
+            f.path: f.size
+            for f in api.list_repo_tree(repo_id, revision=commit, recursive=False)
+            if isinstance(f, RepoFile)
         }
         files = snapshot.side_files(listing, tokenizer_only)
         weights: list[str] = []
@@ -150,15 +152,24 @@ def fetch(
         files = sorted(set(files + weights))
         needed = sum(listing[n] or 0 for n in files if not _present(local_dir, n, listing[n]))
         check_room(target, needed)
-        log.info("Downloading %s at %s (commit %s): %d files, %s to fetch, into %s", repo_id,
-                 revision or "the default branch", commit[:12], len(files), gib(needed), target)
+        log.info(
+            "Downloading %s at %s (commit %s): %d files, %s to fetch, into %s",
+            repo_id,
+            revision or "the default branch",
+            commit[:12],
+            len(files),
+            gib(needed),
+            target,
+        )
         path = Path(snapshot_download(repo_id, revision=commit, allow_patterns=files, **where))
     except DownloadError:
         raise
     except Exception as e:  # the hub's errors, connection errors, OSError from the disk
         raise explain(e, repo_id, revision, target) from e
     if tokenizer_only:
-        problems = [] if any((path / n).is_file() for n in snapshot.TOKENIZER_FILES) else [f"no tokenizer files in {path}"]
+        problems = (
+            [] if any((path / n).is_file() for n in snapshot.TOKENIZER_FILES) else [f"no tokenizer files in {path}"]
+        )
     else:
         problems = snapshot.folder_problems(path, {n: listing[n] for n in weights})
     if problems:
@@ -191,8 +202,13 @@ def download_model(
     model = fetch(repo_id, revision, local_dir=dest / folder_name(repo_id), endpoint=endpoint)
     tok = None
     if tokenizer and tokenizer != repo_id:
-        tok = fetch(tokenizer, tokenizer_revision, local_dir=dest / f"tokenizer--{folder_name(tokenizer)}",
-                    tokenizer_only=True, endpoint=endpoint)
+        tok = fetch(
+            tokenizer,
+            tokenizer_revision,
+            local_dir=dest / f"tokenizer--{folder_name(tokenizer)}",
+            tokenizer_only=True,
+            endpoint=endpoint,
+        )
     try:
         facts = ModelFacts.from_config(json.loads((model.path / snapshot.CONFIG).read_text()))
     except (KeyError, ValueError) as e:

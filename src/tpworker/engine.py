@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import signal
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -68,8 +68,14 @@ def _engine_processes() -> dict[psutil.Process, str]:
 
 
 class Engine:
-    def __init__(self, llm, max_model_len: int, tensor_parallel_size: int, pipeline_parallel_size: int,
-                 steps: _Steps | None = None):
+    def __init__(
+        self,
+        llm,
+        max_model_len: int,
+        tensor_parallel_size: int,
+        pipeline_parallel_size: int,
+        steps: _Steps | None = None,
+    ):
         self._llm = llm
         self.max_model_len = max_model_len
         self.tensor_parallel_size = tensor_parallel_size
@@ -94,13 +100,17 @@ class Engine:
                 llm = vllm_bridge.start_async_llm(config, args, on_engine_step=steps.report)
         except Exception as e:
             raise EngineStartError(
-                f"vLLM could not start the engine ({' '.join(str(e).split())}); "
-                f"the cause is in vLLM's log lines above."
+                f"vLLM could not start the engine ({' '.join(str(e).split())}); the cause is in vLLM's log lines above."
             ) from e
         log.info("vLLM engine ready in %.1f s", time.perf_counter() - began)
         parallel = config.parallel_config
-        return cls(llm, config.model_config.max_model_len, parallel.tensor_parallel_size,
-                   parallel.pipeline_parallel_size, steps)
+        return cls(
+            llm,
+            config.model_config.max_model_len,
+            parallel.tensor_parallel_size,
+            parallel.pipeline_parallel_size,
+            steps,
+        )
 
     @property
     def llm(self):

@@ -96,9 +96,11 @@ def cpu_defaults_note() -> str:
     """The defaults the worker sets on a machine with no GPU, where vLLM's would not do."""
     from tpworker.startup import CPU_DTYPE, CPU_KV_CACHE_BYTES
 
-    return (f"With no GPU, where you have not set them: `DTYPE={CPU_DTYPE}` (vLLM's bfloat16 kernels differ "
-            "between processors and can change a greedy answer), `ENFORCE_EAGER=true` (vLLM's compiled mode starts "
-            f"about 4 times slower on CPU), and a KV cache of {CPU_KV_CACHE_BYTES // 1024**3} GiB per rank.")
+    return (
+        f"With no GPU, where you have not set them: `DTYPE={CPU_DTYPE}` (vLLM's bfloat16 kernels differ "
+        "between processors and can change a greedy answer), `ENFORCE_EAGER=true` (vLLM's compiled mode starts "
+        f"about 4 times slower on CPU), and a KV cache of {CPU_KV_CACHE_BYTES // 1024**3} GiB per rank."
+    )
 
 
 def with_table(readme: str) -> str:
@@ -109,7 +111,9 @@ def with_table(readme: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite README.md, docs/ENVIRONMENT.md and .runpod/hub.json")
+    parser.add_argument(
+        "--write", action="store_true", help="rewrite README.md, docs/ENVIRONMENT.md and .runpod/hub.json"
+    )
     args = parser.parse_args(argv)
     readme_path, env_path = ROOT / "README.md", ROOT / "docs" / "ENVIRONMENT.md"
     readme = readme_path.read_text()

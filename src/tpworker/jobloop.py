@@ -78,20 +78,20 @@ class EventDrivenJobScaler(rp_scale.JobScaler):
                 await _wait(self._slot_freed, BACKSTOP_S)
                 continue
             try:
-                jobs = await asyncio.wait_for(self.jobs_fetcher(session, jobs_needed),
-                                              timeout=self.jobs_fetcher_timeout)
+                jobs = await asyncio.wait_for(
+                    self.jobs_fetcher(session, jobs_needed), timeout=self.jobs_fetcher_timeout
+                )
                 failed_takes = 0
             except TooManyRequests:
                 await _wait(self._shutdown_event, TOO_MANY_REQUESTS_BACKOFF_S)
                 continue
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue  # the long poll ended with no job
             except Exception as error:  # the SDK logs and retries; so do we, after a pause
                 delay = FAILED_TAKE_BACKOFF_S[min(failed_takes, len(FAILED_TAKE_BACKOFF_S) - 1)]
                 failed_takes += 1
                 if failed_takes == 1 or delay == FAILED_TAKE_BACKOFF_S[-1]:
-                    log.error("Taking a job failed (%s: %s); retrying in %.1f s.",
-                              type(error).__name__, error, delay)
+                    log.error("Taking a job failed (%s: %s); retrying in %.1f s.", type(error).__name__, error, delay)
                 await _wait(self._shutdown_event, delay)
                 continue
             for job in jobs or ():
@@ -115,8 +115,9 @@ class EventDrivenJobScaler(rp_scale.JobScaler):
                 break
             queued = asyncio.ensure_future(self._job_queued.wait())
             try:
-                done, _ = await asyncio.wait(running | {queued}, timeout=BACKSTOP_S,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    running | {queued}, timeout=BACKSTOP_S, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 queued.cancel()
             running -= done
@@ -135,7 +136,7 @@ class EventDrivenJobScaler(rp_scale.JobScaler):
 async def _wait(event: asyncio.Event, timeout: float) -> None:
     try:
         await asyncio.wait_for(event.wait(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
 
 

@@ -188,13 +188,16 @@ def _sampling_params(raw: dict[str, Any], limits: Limits):
         param = f"sampling_params.{e.parameter}" if e.parameter else "sampling_params"
         raise JobError(f"{param}: {e}", param=param) from None
     if params.n > limits.max_n:
-        raise JobError(f"sampling_params.n: {params.n} is above this worker's limit of {limits.max_n} (MAX_N).",
-                       param="sampling_params.n")
+        raise JobError(
+            f"sampling_params.n: {params.n} is above this worker's limit of {limits.max_n} (MAX_N).",
+            param="sampling_params.n",
+        )
     cap = limits.max_output_tokens
     if cap is not None and raw.get("max_tokens") is not None and params.max_tokens > cap:
         raise JobError(
             f"sampling_params.max_tokens: {params.max_tokens} is above this worker's limit of "
-            f"{cap} (MAX_OUTPUT_TOKENS).", param="sampling_params.max_tokens",
+            f"{cap} (MAX_OUTPUT_TOKENS).",
+            param="sampling_params.max_tokens",
         )
     if "max_tokens" not in raw:
         params.max_tokens = None  # the worker fills in its default once the prompt length is known
@@ -252,8 +255,10 @@ def _check_openai_body(route: str, body: dict, limits: Limits) -> None:
     for index, message in enumerate(messages if isinstance(messages, list) else []):
         role = message.get("role") if isinstance(message, dict) else None
         if isinstance(role, str) and role not in ROLES:
-            raise JobError(f"messages[{index}].role: unknown role {role!r}. Accepted roles: {', '.join(ROLES)}.",
-                           param=f"messages[{index}].role")
+            raise JobError(
+                f"messages[{index}].role: unknown role {role!r}. Accepted roles: {', '.join(ROLES)}.",
+                param=f"messages[{index}].role",
+            )
     n = body.get("n")
     if isinstance(n, int) and n > limits.max_n:
         raise JobError(f"n: {n} is above this worker's limit of {limits.max_n} (MAX_N).", param="n")
@@ -269,7 +274,9 @@ def parse_openai(job_input: dict, limits: Limits | None = None) -> OpenAIRequest
     if not isinstance(route, str) or route.rstrip("/") not in OPENAI_ROUTES:
         raise JobError(
             f"Unknown openai_route {route!r}. Accepted: {', '.join(OPENAI_ROUTES)}.",
-            param="openai_route", type="NotFoundError", code=404,
+            param="openai_route",
+            type="NotFoundError",
+            code=404,
         )
     route = route.rstrip("/")
     if body is None and route == "/v1/models":
@@ -278,7 +285,9 @@ def parse_openai(job_input: dict, limits: Limits | None = None) -> OpenAIRequest
         raise JobError("openai_input must be a JSON object: the OpenAI request body.", param="openai_input")
     unknown = set(job_input) - {"openai_route", "openai_input"}
     if unknown:
-        raise JobError(f"Unknown field '{sorted(unknown)[0]}' beside openai_route and openai_input.", param=sorted(unknown)[0])
+        raise JobError(
+            f"Unknown field '{sorted(unknown)[0]}' beside openai_route and openai_input.", param=sorted(unknown)[0]
+        )
     _check_openai_body(route, body, limits or Limits())
     return OpenAIRequest(route, body)
 

@@ -25,8 +25,17 @@ GiB = 1024**3
 RUNTIME_RESERVE_BYTES = 2 * GiB
 
 DTYPE_BYTES = {
-    "float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2,
-    "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "fp8_inc": 1, "fp8_ds_mla": 1, "int8": 1,
+    "float32": 4,
+    "float": 4,
+    "bfloat16": 2,
+    "float16": 2,
+    "half": 2,
+    "fp8": 1,
+    "fp8_e4m3": 1,
+    "fp8_e5m2": 1,
+    "fp8_inc": 1,
+    "fp8_ds_mla": 1,
+    "int8": 1,
 }
 
 
@@ -96,8 +105,13 @@ class RankMemory:
 class MemoryModel:
     """Bytes per rank for a model, a serving dtype and a KV cache dtype."""
 
-    def __init__(self, facts: ModelFacts, dtype: str | None = None, kv_cache_dtype: str | None = None,
-                 real_weight_bytes: float | None = None):
+    def __init__(
+        self,
+        facts: ModelFacts,
+        dtype: str | None = None,
+        kv_cache_dtype: str | None = None,
+        real_weight_bytes: float | None = None,
+    ):
         self.facts = facts
         self.counts = parameter_counts(facts)
         linear, plain = weight_bytes_per_parameter(facts, dtype)
@@ -129,7 +143,13 @@ class MemoryModel:
         # embeddings sit on the first stage, lm_head on the last; with PP the fullest stage holds one
         vocab = b["vocab"] / tp if pp == 1 or self.facts.tied_embeddings else b["vocab"] / 2 / tp
         weights = per_layer * layers_share + vocab
-        kv = 2 * math.ceil(self.facts.layers / pp) * self.kv_heads_per_rank(tp) * self.facts.head_dim * self.kv_dtype_bytes
+        kv = (
+            2
+            * math.ceil(self.facts.layers / pp)
+            * self.kv_heads_per_rank(tp)
+            * self.facts.head_dim
+            * self.kv_dtype_bytes
+        )
         return RankMemory(tp, pp, weights, kv)
 
 
@@ -153,8 +173,13 @@ class Capacity:
         return self.kv_tokens >= self.max_model_len
 
 
-def capacity(rank: RankMemory, gpu_bytes: float, utilization: float, max_model_len: int,
-             reserve_bytes: float = RUNTIME_RESERVE_BYTES) -> Capacity:
+def capacity(
+    rank: RankMemory,
+    gpu_bytes: float,
+    utilization: float,
+    max_model_len: int,
+    reserve_bytes: float = RUNTIME_RESERVE_BYTES,
+) -> Capacity:
     usable = gpu_bytes * utilization
     kv_cache = max(0.0, usable - rank.weight_bytes - reserve_bytes)
     tokens = int(kv_cache // rank.kv_bytes_per_token)

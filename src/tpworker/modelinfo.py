@@ -7,8 +7,20 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8,
-                           "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+SAFETENSORS_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "BF16": 2,
+    "F16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 
 
 def _text_config(config: dict) -> dict:
@@ -55,7 +67,11 @@ class ModelFacts:
             # Qwen2 has q/k/v biases without saying so; the others say attention_bias.
             attention_bias=bool(text.get("attention_bias", text.get("model_type") == "qwen2")),
             checkpoint_dtype=str(
-                text.get("torch_dtype") or text.get("dtype") or config.get("torch_dtype") or config.get("dtype") or "bfloat16"
+                text.get("torch_dtype")
+                or text.get("dtype")
+                or config.get("torch_dtype")
+                or config.get("dtype")
+                or "bfloat16"
             ),
             quantization=config.get("quantization_config"),
             max_position_embeddings=text.get("max_position_embeddings"),

@@ -60,9 +60,12 @@ class StreamBatcher:
         return self.pending >= self.size
 
     def take(self, usage: dict) -> dict:
-        choices = [{"tokens": tokens, "finish_reason": reason} for tokens, reason in zip(self.tokens, self.finish_reasons)]
+        choices = [
+            {"tokens": tokens, "finish_reason": reason}
+            for tokens, reason in zip(self.tokens, self.finish_reasons, strict=True)
+        ]
         if self.logprobs is not None:
-            for choice, logprobs in zip(choices, self.logprobs):
+            for choice, logprobs in zip(choices, self.logprobs, strict=True):
                 choice["logprobs"] = logprobs
             self.logprobs = [[] for _ in self.logprobs]
         chunk = {"choices": choices, "usage": usage}
@@ -76,7 +79,7 @@ class StreamBatcher:
 def token_logprobs(token_ids, logprobs, k: int) -> list[dict]:
     """vLLM's per-position {token_id: Logprob} -> one plain entry per generated token."""
     entries = []
-    for token_id, candidates in zip(token_ids, logprobs or []):
+    for token_id, candidates in zip(token_ids, logprobs or [], strict=False):  # no logprobs asked: none
         chosen = candidates[token_id]
         best = sorted((c for c in candidates.items() if k < 0 or c[1].rank <= k), key=lambda c: c[1].rank)
         entries.append(
@@ -126,7 +129,12 @@ def _fit_max_tokens(request: NativeRequest, prompt_tokens: int, context: int, de
 
 
 async def generate(
-    engine: Engine, request: NativeRequest, *, chat: ChatOptions, default_max_tokens: int, job_id: str,
+    engine: Engine,
+    request: NativeRequest,
+    *,
+    chat: ChatOptions,
+    default_max_tokens: int,
+    job_id: str,
     limits: Limits | None = None,
 ) -> AsyncIterator[dict]:
     engine_input = await _engine_input(engine, request, chat)
@@ -135,7 +143,8 @@ async def generate(
         field = "messages" if request.messages is not None else "prompt"
         raise JobError(
             f"{field}: the prompt is {prompt_tokens} tokens, above this worker's limit of "
-            f"{limits.max_prompt_tokens} (MAX_PROMPT_TOKENS).", param=field,
+            f"{limits.max_prompt_tokens} (MAX_PROMPT_TOKENS).",
+            param=field,
         )
     if limits and limits.max_output_tokens is not None:  # a default max_tokens stays under the limit
         default_max_tokens = min(default_max_tokens, limits.max_output_tokens)

@@ -32,8 +32,16 @@ def _located(message: str, param: str | None, body: dict) -> tuple[str, str | No
 
 
 class OpenAIRoutes:
-    def __init__(self, engine: Engine, model: str, served_names: list[str], options: dict,
-                 batching: BatchPolicy, raw_output: bool = True, limits: Limits | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        model: str,
+        served_names: list[str],
+        options: dict,
+        batching: BatchPolicy,
+        raw_output: bool = True,
+        limits: Limits | None = None,
+    ):
         self.engine = engine
         self.limits = limits or Limits()
         self.model, self.served_names, self.options = model, served_names, options
@@ -62,8 +70,9 @@ class OpenAIRoutes:
             if status >= 400:
                 error = payload["error"]
                 message, param = _located(error["message"], error.get("param"), request.body)
-                raise JobError(message, param=param, type=error.get("type", "BadRequestError"),
-                               code=error.get("code", status))
+                raise JobError(
+                    message, param=param, type=error.get("type", "BadRequestError"), code=error.get("code", status)
+                )
             yield payload
             return
         async with aclosing(payload) as events:
@@ -89,7 +98,7 @@ class OpenAIRoutes:
             return "".join(texts)
         # RAW_OPENAI_OUTPUT=false (worker-vllm's option): the chunk objects, without [DONE]
         return [
-            json.loads(line[len("data: "):])
+            json.loads(line[len("data: ") :])
             for text in texts
             for line in text.split("\n")
             if line.startswith("data: ") and line != "data: [DONE]"

@@ -25,8 +25,7 @@ def tp_problem(facts: ModelFacts, tp: int) -> str | None:
         return f"the model's {facts.attention_heads} attention heads do not divide by {tp}"
     if facts.kv_heads % tp and tp % facts.kv_heads:
         return (
-            f"the model's {facts.kv_heads} KV heads neither divide by {tp} nor divide {tp} "
-            f"(needed to replicate them)"
+            f"the model's {facts.kv_heads} KV heads neither divide by {tp} nor divide {tp} (needed to replicate them)"
         )
     if facts.intermediate_size % tp:
         what = "each expert's intermediate size" if facts.experts else "the MLP's intermediate size"
@@ -63,8 +62,10 @@ class ClusterShape:
     def describe(self) -> str:
         where = f" at {self.address}" if self.address else ""
         if self.total_gpus:
-            return f"the Ray cluster{where} has {self.total_gpus} GPUs on {self.nodes} node(s) ({' + '.join(map(str, self.gpus))})"
-        return f"the Ray cluster{where} has no GPU; {self.total_cpus} CPUs on {self.nodes} node(s) ({' + '.join(map(str, self.cpus))})"
+            gpus = " + ".join(map(str, self.gpus))
+            return f"the Ray cluster{where} has {self.total_gpus} GPUs on {self.nodes} node(s) ({gpus})"
+        cpus = " + ".join(map(str, self.cpus))
+        return f"the Ray cluster{where} has no GPU; {self.total_cpus} CPUs on {self.nodes} node(s) ({cpus})"
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,9 @@ def pp_layer_split(layers: int, pp: int, partition: str | None = None) -> list[i
         try:
             counts = [int(part) for part in partition.split(",")]
         except ValueError:
-            raise PlanError(f"VLLM_PP_LAYER_PARTITION={partition!r} is not a comma-separated list of layer counts.") from None
+            raise PlanError(
+                f"VLLM_PP_LAYER_PARTITION={partition!r} is not a comma-separated list of layer counts."
+            ) from None
         if len(counts) != pp or sum(counts) != layers or min(counts) < 1:
             raise PlanError(
                 f"VLLM_PP_LAYER_PARTITION={partition!r} must give each of the {pp} pipeline stages at least one "
@@ -158,9 +161,7 @@ def _plan_on_this_node(facts: ModelFacts, gpus: int, tp: int | None, pp: int, tp
         return ParallelPlan(1, pp, "no GPU is visible, so one rank on the CPU")
     per_stage = gpus // pp
     if per_stage < 1:
-        raise PlanError(
-            f"PIPELINE_PARALLEL_SIZE={pp} needs at least {pp} GPUs, but this worker sees {gpus}."
-        )
+        raise PlanError(f"PIPELINE_PARALLEL_SIZE={pp} needs at least {pp} GPUs, but this worker sees {gpus}.")
     fitting = [size for size in valid if size <= per_stage]
     chosen = fitting[-1]
     if chosen == per_stage:

@@ -108,9 +108,20 @@ def build_report(
             note = f"fewer than {max_concurrency} requests of {max_model_len:,} tokens"
         if memory.kv_heads_per_rank(tp) * tp > facts.kv_heads:
             note = "; ".join(filter(None, [note, "KV heads replicated"]))
-        rows.append(PlanRow(tp, round(rank.weight_bytes / GB, 1), cap.weights_fit, round(cap.kv_cache_bytes / GB, 1),
-                            cap.kv_tokens, round(cap.sequences_at_max_len, 1), memory.kv_heads_per_rank(tp), note,
-                            pp, pp_layer_split(facts.layers, pp)))
+        rows.append(
+            PlanRow(
+                tp,
+                round(rank.weight_bytes / GB, 1),
+                cap.weights_fit,
+                round(cap.kv_cache_bytes / GB, 1),
+                cap.kv_tokens,
+                round(cap.sequences_at_max_len, 1),
+                memory.kv_heads_per_rank(tp),
+                note,
+                pp,
+                pp_layer_split(facts.layers, pp),
+            )
+        )
     best, reason = _recommend(rows, max_concurrency, max_model_len, gpus * nodes, gpu_memory_gib)
     return PlanReport(
         model=model,
@@ -184,19 +195,26 @@ def render_text(report: PlanReport) -> str:
     ]
     header = ("TP", "weights/GPU", "fits", "KV cache/GPU", "KV tokens", f"requests@{r.max_model_len:,}", "note")
     table = [header] + [
-        (str(row.tensor_parallel_size), f"{row.weights_gb_per_gpu:.1f} GB", "yes" if row.weights_fit else "NO",
-         f"{row.kv_cache_gb_per_gpu:.1f} GB", f"{row.kv_tokens:,}", f"{row.requests_at_max_len:g}", row.note)
+        (
+            str(row.tensor_parallel_size),
+            f"{row.weights_gb_per_gpu:.1f} GB",
+            "yes" if row.weights_fit else "NO",
+            f"{row.kv_cache_gb_per_gpu:.1f} GB",
+            f"{row.kv_tokens:,}",
+            f"{row.requests_at_max_len:g}",
+            row.note,
+        )
         for row in r.rows
     ]
     if r.nodes > 1:  # pipeline stages and their layers, after the TP column
         header = header[:1] + ("PP", "layers/stage") + header[1:]
         table = [header] + [
             line[:1] + (str(row.pipeline_parallel_size), "+".join(map(str, row.layers_per_stage))) + line[1:]
-            for line, row in zip(table[1:], r.rows)
+            for line, row in zip(table[1:], r.rows, strict=True)
         ]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for line in table:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
     lines.append("")
     if r.recommended is not None and (r.recommended_pp or 1) > 1:
         pp = r.recommended_pp
@@ -213,7 +231,10 @@ def render_text(report: PlanReport) -> str:
     else:
         lines.append(f"Recommended: none. {r.reason}")
     if r.auto_on_gpus is not None and r.auto_on_gpus != r.recommended:
-        lines.append(f"A worker with {r.gpus} GPUs and TENSOR_PARALLEL_SIZE=auto uses TP={r.auto_on_gpus} (all its GPUs are paid for).")
+        lines.append(
+            f"A worker with {r.gpus} GPUs and TENSOR_PARALLEL_SIZE=auto uses TP={r.auto_on_gpus} "
+            "(all its GPUs are paid for)."
+        )
     if r.invalid_sizes:
         lines.append("Not valid: " + "; ".join(f"TP={tp}: {why}" for tp, why in list(r.invalid_sizes.items())[:4]))
     lines.append(

@@ -48,18 +48,19 @@ def memory_findings(
     rank = memory.rank(tp, pp)
     cap = capacity(rank, gpu_bytes, utilization, max_model_len)
     fits_somewhere = [
-        size for size in valid_tp_sizes(memory.facts, up_to=max(gpu_count // pp, 1))
+        size
+        for size in valid_tp_sizes(memory.facts, up_to=max(gpu_count // pp, 1))
         if memory.rank(size, pp).weight_bytes <= gpu_bytes * utilization
     ]
     where = f"{_gb(gpu_bytes)} GPU x GPU_MEMORY_UTILIZATION {utilization} = {_gb(cap.usable_bytes)} usable"
     if not cap.weights_fit:
         fix = (
-            f"Use TENSOR_PARALLEL_SIZE={fits_somewhere[-1]}" if fits_somewhere and fits_somewhere[-1] > tp
+            f"Use TENSOR_PARALLEL_SIZE={fits_somewhere[-1]}"
+            if fits_somewhere and fits_somewhere[-1] > tp
             else "Use a worker with more GPUs, or a quantized model (e.g. QUANTIZATION=fp8)"
         )
         raise PreflightError(
-            f"The weights need {_gb(rank.weight_bytes)} per GPU at TP={tp} x PP={pp}, more than the "
-            f"{where}. {fix}."
+            f"The weights need {_gb(rank.weight_bytes)} per GPU at TP={tp} x PP={pp}, more than the {where}. {fix}."
         )
     optimistic = capacity(rank, gpu_bytes, utilization, max_model_len, reserve_bytes=0)
     if not optimistic.fits_one_sequence:
@@ -76,8 +77,9 @@ def memory_findings(
     )
     if not cap.fits_one_sequence:
         found.warnings.append(
-            f"Tight: after the ~{RUNTIME_RESERVE_BYTES / GiB:.0f} GiB vLLM needs for activations, only ~{cap.kv_tokens:,} tokens of KV "
-            f"cache may fit, less than MAX_MODEL_LEN={max_model_len:,}; vLLM will refuse at start if so. "
+            f"Tight: after the ~{RUNTIME_RESERVE_BYTES / GiB:.0f} GiB vLLM needs for activations, "
+            f"only ~{cap.kv_tokens:,} tokens of KV cache may fit, less than MAX_MODEL_LEN={max_model_len:,}; "
+            "vLLM will refuse at start if so. "
             f"Lower MAX_MODEL_LEN or use more GPUs."
         )
     elif cap.sequences_at_max_len < max_concurrency:
@@ -105,7 +107,7 @@ def interconnect_findings(tp: int, links: list[Link], shm: int | None) -> Findin
     no_p2p = [link for link in links if not link.p2p]
     if no_p2p:
         found.warnings.append(
-            f"Peer-to-peer access is unavailable between GPUs {', '.join(f'{l.a}-{l.b}' for l in no_p2p[:6])}: "
+            f"Peer-to-peer access is unavailable between GPUs {', '.join(f'{x.a}-{x.b}' for x in no_p2p[:6])}: "
             f"NCCL goes through host memory. Check the host's IOMMU/ACS settings, or use another machine."
         )
     if warning := shm_warning(shm, f"{tp} ranks"):

@@ -91,10 +91,12 @@ def locate(settings: Settings) -> Located | None:
             else:
                 tokenizer, offline = (str(image.tokenizer_path) if image.tokenizer_path else None), True
             return Located(
-                str(image.path), _served(settings, image.served_name),
+                str(image.path),
+                _served(settings, image.served_name),
                 f"{image.model} at commit {image.commit[:12]} is baked into the image "
                 f"({settings.source_of('model_manifest')}={worker.model_manifest})",
-                tokenizer=tokenizer, offline=offline,
+                tokenizer=tokenizer,
+                offline=offline,
             )
         if not model:  # only the revision differs: serving the default model instead would surprise
             raise ModelNotFound(
@@ -113,17 +115,24 @@ def locate(settings: Settings) -> Located | None:
     # A tokenizer elsewhere on the hub would need the hub at start anyway.
     local_tokenizer = not worker.tokenizer or Path(worker.tokenizer).is_dir()
     if found is not None:
-        return Located(str(found), _served(settings, model), f"{model} is in the network volume's cache ({found})",
-                       offline=local_tokenizer)
-    looked = [f"no manifest at {worker.model_manifest}" if image is None else f"the image holds {image.model}",
-              f"not in {cache}"]
+        return Located(
+            str(found),
+            _served(settings, model),
+            f"{model} is in the network volume's cache ({found})",
+            offline=local_tokenizer,
+        )
+    looked = [
+        f"no manifest at {worker.model_manifest}" if image is None else f"the image holds {image.model}",
+        f"not in {cache}",
+    ]
     if settings.hub_offline:
         raise ModelNotFound(
             f"{settings.source_of('model')}={model!r} is not available offline ({'; '.join(looked)}) and "
             f"HF_HUB_OFFLINE is set. Bake it into the image, cache it on the network volume, or unset HF_HUB_OFFLINE."
         )
-    return Located(model, _served(settings, model), f"{settings.source_of('model')} is set ({'; '.join(looked)})",
-                   download=True)
+    return Located(
+        model, _served(settings, model), f"{settings.source_of('model')} is set ({'; '.join(looked)})", download=True
+    )
 
 
 def download(settings: Settings, located: Located) -> Located:
@@ -144,5 +153,9 @@ def download(settings: Settings, located: Located) -> Located:
             log.warning("Cannot write to the network volume (%s); downloading into the container instead.", e)
     fetched = fetch(located.path_or_id, settings.worker.revision, cache_dir=target, endpoint=settings.hub_endpoint)
     local_tokenizer = not settings.worker.tokenizer or Path(settings.worker.tokenizer).is_dir()
-    return Located(str(fetched.path), located.served_name,
-                   f"{located.path_or_id} was downloaded from the hub into {fetched.path}", offline=local_tokenizer)
+    return Located(
+        str(fetched.path),
+        located.served_name,
+        f"{located.path_or_id} was downloaded from the hub into {fetched.path}",
+        offline=local_tokenizer,
+    )

@@ -20,8 +20,16 @@ ROOT = Path(__file__).resolve().parents[2]
 HUB_JSON = ROOT / ".runpod" / "hub.json"
 
 # Shown at first; everything else is under the Hub's "advanced" fold.
-BASIC = {"MODEL_NAME", "MODEL_REVISION", "TENSOR_PARALLEL_SIZE", "MAX_CONCURRENCY", "HF_TOKEN",
-         "MAX_MODEL_LEN", "GPU_MEMORY_UTILIZATION", "QUANTIZATION"}
+BASIC = {
+    "MODEL_NAME",
+    "MODEL_REVISION",
+    "TENSOR_PARALLEL_SIZE",
+    "MAX_CONCURRENCY",
+    "HF_TOKEN",
+    "MAX_MODEL_LEN",
+    "GPU_MEMORY_UTILIZATION",
+    "QUANTIZATION",
+}
 # Engine arguments listed on the Hub (name -> the Hub's input type).
 ENGINE_INPUTS = {
     "max_model_len": "number",
@@ -41,15 +49,33 @@ ENGINE_INPUTS = {
 }
 SET_BY_RUNPOD = ("CUDA_VISIBLE_DEVICES", "RUNPOD_WEBHOOK_GET_JOB", "RUNPOD_AI_API_KEY")
 PRESETS = [
-    {"name": "SmolLM2 135M Instruct (smoke test)", "defaults": {"MODEL_NAME": "HuggingFaceTB/SmolLM2-135M-Instruct",
-                                                                "MAX_MODEL_LEN": 2048}},
-    {"name": "Llama 3.1 8B Instruct", "defaults": {"MODEL_NAME": "meta-llama/Llama-3.1-8B-Instruct",
-                                                   "MAX_MODEL_LEN": 16384}},
+    {
+        "name": "SmolLM2 135M Instruct (smoke test)",
+        "defaults": {"MODEL_NAME": "HuggingFaceTB/SmolLM2-135M-Instruct", "MAX_MODEL_LEN": 2048},
+    },
+    {
+        "name": "Llama 3.1 8B Instruct",
+        "defaults": {"MODEL_NAME": "meta-llama/Llama-3.1-8B-Instruct", "MAX_MODEL_LEN": 16384},
+    },
 ]
 
 
-WORDS = {"HF": "HF", "TP": "TP", "OPENAI": "OpenAI", "VLLM": "vLLM", "CPU": "CPU", "GPU": "GPU", "CUDA": "CUDA",
-         "KV": "KV", "OMP": "OMP", "AI": "AI", "API": "API", "RUNPOD": "RunPod", "TPWORKER": "tpworker", "N": "n"}
+WORDS = {
+    "HF": "HF",
+    "TP": "TP",
+    "OPENAI": "OpenAI",
+    "VLLM": "vLLM",
+    "CPU": "CPU",
+    "GPU": "GPU",
+    "CUDA": "CUDA",
+    "KV": "KV",
+    "OMP": "OMP",
+    "AI": "AI",
+    "API": "API",
+    "RUNPOD": "RunPod",
+    "TPWORKER": "tpworker",
+    "N": "n",
+}
 # vLLM gives no help text for these.
 HELP = {"kv_cache_dtype": "Data type of the KV cache: auto (the model's) or an fp8 type, which halves it"}
 
@@ -101,7 +127,11 @@ def worker_inputs() -> list[dict]:
         entries.append(_input(key, kind, description, info.default, minimum, _choices(info.annotation)))
     for key, text in OTHER_VARIABLES.items():
         if key in SET_BY_RUNPOD:
-            text = f"{text} Leave it empty." if text.startswith("Set by RunPod") else f"Set by RunPod, leave it empty: {text}"
+            text = (
+                f"{text} Leave it empty."
+                if text.startswith("Set by RunPod")
+                else f"Set by RunPod, leave it empty: {text}"
+            )
         entries.append(_input(key, "string", text))
     return entries
 

@@ -28,7 +28,8 @@ from tpworker.errors import StartRefused
 OTHER_VARIABLES = {
     "HF_TOKEN": "Hugging Face token for gated or private models (read by huggingface_hub; never logged).",
     "CUDA_VISIBLE_DEVICES": "Which GPUs the worker sees (RunPod sets it); TENSOR_PARALLEL_SIZE=auto uses them all.",
-    "VLLM_CPU_OMP_THREADS_BIND": "No GPU: cores of each rank, e.g. 0-3|4-7. Default: the worker splits the cores evenly.",
+    "VLLM_CPU_OMP_THREADS_BIND": "No GPU: cores of each rank, e.g. 0-3|4-7. "
+    "Default: the worker splits the cores evenly.",
     "VLLM_CPU_KVCACHE_SPACE": "No GPU: KV cache GiB per rank. Default: 2.",
     "TPWORKER_CACHE_DIR": "Where the default model is built (default: $XDG_CACHE_HOME/tpworker or ~/.cache/tpworker).",
     "RUNPOD_WEBHOOK_GET_JOB": "Set by RunPod: with it, handler.py runs RunPod's job loop instead of a local test.",
@@ -86,7 +87,9 @@ class WorkerSettings(BaseModel):
         "size for the model, else the largest valid size below it; 1 with no GPU.",
     )
     pipeline_parallel_size: int = Field(
-        1, ge=1, description="Pipeline stages: the model's layers split in this many groups, one after another "
+        1,
+        ge=1,
+        description="Pipeline stages: the model's layers split in this many groups, one after another "
         "(across nodes on Ray). Each stage has TENSOR_PARALLEL_SIZE GPUs.",
     )
     # Read before vLLM is imported: the plan at start checks the layout against the Ray cluster.
@@ -99,9 +102,7 @@ class WorkerSettings(BaseModel):
     default_batch_size: int = Field(
         50, ge=1, description="Most tokens in one streamed chunk (per job: `max_batch_size`)."
     )
-    min_batch_size: int = Field(
-        1, ge=1, description="Tokens in the first streamed chunk (per job: `min_batch_size`)."
-    )
+    min_batch_size: int = Field(1, ge=1, description="Tokens in the first streamed chunk (per job: `min_batch_size`).")
     batch_size_growth_factor: float = Field(
         3, ge=1, description="Each streamed chunk may hold this many times more tokens than the last."
     )
@@ -121,12 +122,16 @@ class WorkerSettings(BaseModel):
     )
     # Failure handling: see RELIABILITY.md.
     engine_stall_timeout: float = Field(
-        120, ge=5, description="Seconds the engine may produce nothing while requests are in flight before "
+        120,
+        ge=5,
+        description="Seconds the engine may produce nothing while requests are in flight before "
         "the worker fails those jobs and exits, so that RunPod replaces it (its first step after start, which "
         "may compile, gets at least 120 s).",
     )
     shutdown_grace_seconds: float = Field(
-        30, ge=0, description="On SIGTERM, seconds in-flight jobs get to finish before they end with an error.",
+        30,
+        ge=0,
+        description="On SIGTERM, seconds in-flight jobs get to finish before they end with an error.",
     )
     raw_openai_output: bool = Field(
         True, description="OpenAI streams yield SSE text (`data: {...}`); false: lists of parsed chunk objects."
@@ -199,7 +204,10 @@ def _accepted(name: str) -> str:
         return "mp or ray"
     info = WorkerSettings.model_fields[name]
     types = set(typing.get_args(info.annotation)) or {info.annotation}  # int | None -> {int, None}
-    kind = next(({int: "an integer", float: "a number", bool: "true or false"}[t] for t in (int, float, bool) if t in types), "text")
+    kind = next(
+        ({int: "an integer", float: "a number", bool: "true or false"}[t] for t in (int, float, bool) if t in types),
+        "text",
+    )
     bounds = [f">= {m.ge}" for m in info.metadata if getattr(m, "ge", None) is not None]
     return " ".join([kind, *bounds])
 
@@ -227,8 +235,12 @@ def _read_worker_settings(environ: Mapping[str, str], problems: list[str]) -> tu
         settings = WorkerSettings.model_validate(values)
         if isinstance(settings.tensor_parallel_size, int) and settings.tensor_parallel_size < 1:
             problems.append(
-                _problem(sources["tensor_parallel_size"], values["tensor_parallel_size"],
-                         "it must be at least 1", _accepted("tensor_parallel_size"))
+                _problem(
+                    sources["tensor_parallel_size"],
+                    values["tensor_parallel_size"],
+                    "it must be at least 1",
+                    _accepted("tensor_parallel_size"),
+                )
             )
         return settings, sources
     except ValidationError as e:
@@ -246,6 +258,12 @@ def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
         return Path(environ["TPWORKER_CACHE_DIR"])
     base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "tpworker"
+
+
+def cuda_visible_devices(environ: Mapping[str, str] | None = None) -> str | None:
+    """CUDA_VISIBLE_DEVICES as set (None: unset, every GPU is visible)."""
+    environ = os.environ if environ is None else environ
+    return environ.get("CUDA_VISIBLE_DEVICES")
 
 
 def models_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -285,7 +303,9 @@ class Settings:
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
         for name in vllm_bridge.engine_arg_names():
-            given = [(v, self._engine_environ[v]) for v in _vllm_variables(name) if self._engine_environ.get(v, "") != ""]
+            given = [
+                (v, self._engine_environ[v]) for v in _vllm_variables(name) if self._engine_environ.get(v, "") != ""
+            ]
             if len({text for _, text in given}) > 1:
                 (a, x), (b, y) = given[:2]
                 problems.append(f"{a}={x!r} and {b}={y!r} are both set and differ. Set only one of them.")
@@ -328,12 +348,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(problems)
     worker_variables = {v for name in WorkerSettings.model_fields for v in variables_for(name)}
     # Which of these name vLLM options is known only once vLLM is imported (vllm_args()).
-    engine_environ = {
-        k: v for k, v in environ.items() if k.isupper() and k not in worker_variables and v != ""
-    }
+    engine_environ = {k: v for k, v in environ.items() if k.isupper() and k not in worker_variables and v != ""}
     return Settings(
         worker=worker,
-        cuda_visible_devices=environ.get("CUDA_VISIBLE_DEVICES"),
+        cuda_visible_devices=cuda_visible_devices(environ),
         cpu_threads_bind=environ.get("VLLM_CPU_OMP_THREADS_BIND") or None,
         cpu_kv_cache_set=bool(environ.get("VLLM_CPU_KVCACHE_SPACE")),
         on_runpod=bool(environ.get("RUNPOD_WEBHOOK_GET_JOB")),

@@ -122,8 +122,13 @@ def ray_cluster(settings: Settings, given: ClusterShape | None) -> ClusterShape 
     from tpworker import raystate
 
     shape = raystate.cluster_shape(settings.ray_address)
-    log.info("Ray cluster at %s: %d node(s), GPUs %s, CPUs %s.", shape.address, shape.nodes,
-             "+".join(map(str, shape.gpus)), "+".join(map(str, shape.cpus)))
+    log.info(
+        "Ray cluster at %s: %d node(s), GPUs %s, CPUs %s.",
+        shape.address,
+        shape.nodes,
+        "+".join(map(str, shape.gpus)),
+        "+".join(map(str, shape.cpus)),
+    )
     return shape
 
 
@@ -253,8 +258,10 @@ def cpu_pipeline_defaults(args: dict[str, Any]) -> dict[str, Any]:
         )
     if "enforce_eager" in args or "compilation_config" in args:
         return {}  # the user chose how to compile
-    log.info("No GPU, %d pipeline stages: tracing the model once, run by torch's eager backend.",
-             args["pipeline_parallel_size"])
+    log.info(
+        "No GPU, %d pipeline stages: tracing the model once, run by torch's eager backend.",
+        args["pipeline_parallel_size"],
+    )
     return {"compilation_config": vllm_bridge.trace_once_eager_compilation()}
 
 
@@ -271,7 +278,10 @@ def cpu_environment(settings: Settings, parallel: ParallelPlan) -> dict[str, str
     if binding == "nobind":
         log.warning(
             "%d CPU ranks share %d cores: threads are not bound and generation will be slow. "
-            "Use at most %d ranks on this machine.", ranks, len(cpus), len(cpus)
+            "Use at most %d ranks on this machine.",
+            ranks,
+            len(cpus),
+            len(cpus),
         )
     else:
         log.info("CPU threads: %d ranks on %d cores, VLLM_CPU_OMP_THREADS_BIND=%s", ranks, len(cpus), binding)

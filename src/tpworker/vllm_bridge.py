@@ -262,7 +262,7 @@ def ray_unsupported_reason() -> str | None:
     name = current_platform.device_name
     return (
         f"vLLM's {name} platform cannot run its ranks on Ray: it names no Ray resource to place them on "
-        f"(vLLM's Ray executor stops with \"current platform {name} does not support ray.\")"
+        f'(vLLM\'s Ray executor stops with "current platform {name} does not support ray.")'
     )
 
 
@@ -305,13 +305,15 @@ def is_engine_dead(error: BaseException) -> bool:
     return isinstance(error, EngineDeadError)
 
 
-async def render_chat(llm, messages: list[dict], chat_template: str | None, template_kwargs: dict,
-                      max_model_len: int) -> dict:
+async def render_chat(
+    llm, messages: list[dict], chat_template: str | None, template_kwargs: dict, max_model_len: int
+) -> dict:
     """Apply the chat template (the model's, or `chat_template`) and tokenize: the engine input."""
     from vllm.renderers.params import ChatParams, TokenizeParams
 
-    params = ChatParams(chat_template=chat_template,
-                        chat_template_kwargs={**template_kwargs, "add_generation_prompt": True})
+    params = ChatParams(
+        chat_template=chat_template, chat_template_kwargs={**template_kwargs, "add_generation_prompt": True}
+    )
     tokenize = TokenizeParams(max_total_tokens=max_model_len, add_special_tokens=False)
     _, (engine_input,) = await llm.renderer.render_chat_async([messages], params, tokenize)
     return engine_input
@@ -483,8 +485,9 @@ class OpenAIServer:
         self._state = state
 
     @classmethod
-    async def create(cls, llm, model: str, served_names: list[str], options: dict[str, Any],
-                     limits: RequestLimits | None = None) -> OpenAIServer:
+    async def create(
+        cls, llm, model: str, served_names: list[str], options: dict[str, Any], limits: RequestLimits | None = None
+    ) -> OpenAIServer:
         """Call inside the event loop that serves jobs (the engine binds to it)."""
         from starlette.datastructures import State
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state

@@ -75,8 +75,7 @@ async def _until_stopped(outputs: AsyncIterator, stop: asyncio.Future) -> AsyncI
 
 
 class Worker:
-    def __init__(self, engine: Engine, settings: WorkerSettings, openai: OpenAIRoutes,
-                 chat: native.ChatOptions):
+    def __init__(self, engine: Engine, settings: WorkerSettings, openai: OpenAIRoutes, chat: native.ChatOptions):
         self.engine = engine
         self.settings = settings
         self.openai = openai
@@ -183,8 +182,14 @@ class Worker:
             if isinstance(request, OpenAIRequest):
                 outputs = self.openai.run(request)
             else:
-                outputs = native.generate(self.engine, request, chat=self.chat, limits=self.limits,
-                                          default_max_tokens=self.settings.default_max_tokens, job_id=job_id)
+                outputs = native.generate(
+                    self.engine,
+                    request,
+                    chat=self.chat,
+                    limits=self.limits,
+                    default_max_tokens=self.settings.default_max_tokens,
+                    job_id=job_id,
+                )
             async for chunk in _until_stopped(outputs, stop):
                 yield chunk
         except JobError as e:
@@ -207,12 +212,20 @@ class Worker:
                 stop.exception()  # retrieved, so asyncio does not warn about it
 
 
-def build_worker(engine: Engine, settings: WorkerSettings, model: str, served_names: list[str],
-                 openai_options: dict) -> Worker:
+def build_worker(
+    engine: Engine, settings: WorkerSettings, model: str, served_names: list[str], openai_options: dict
+) -> Worker:
     """The worker handler.py runs: native jobs and OpenAI routes over one engine, sharing the
     chat template options (CHAT_TEMPLATE / CUSTOM_CHAT_TEMPLATE, DEFAULT_CHAT_TEMPLATE_KWARGS)."""
-    openai = OpenAIRoutes(engine, model, served_names, openai_options, batch_policy(settings),
-                          settings.raw_openai_output, limits(settings))
+    openai = OpenAIRoutes(
+        engine,
+        model,
+        served_names,
+        openai_options,
+        batch_policy(settings),
+        settings.raw_openai_output,
+        limits(settings),
+    )
     chat = native.ChatOptions(
         template=vllm_bridge.load_chat_template(openai_options.get("chat_template")),
         template_kwargs=dict(openai_options.get("default_chat_template_kwargs") or {}),

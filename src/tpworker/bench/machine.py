@@ -21,7 +21,9 @@ def _version(*packages: str) -> str | None:
 
 def _commit(root: Path) -> str | None:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -34,8 +36,9 @@ def describe(root: Path) -> dict:
     import psutil
 
     from tpworker import hardware
+    from tpworker.settings import cuda_visible_devices
 
-    gpus = hardware.visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    gpus = hardware.visible_gpus(cuda_visible_devices())
     return {
         "cpu": hardware.cpu_model(),
         "cpu_vector_extensions": hardware.cpu_vector_extensions(),

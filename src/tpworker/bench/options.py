@@ -48,25 +48,63 @@ def positive(text: str) -> int:
 
 
 def add_arguments(bench: argparse.ArgumentParser) -> None:
-    bench.add_argument("--model", help="model to serve (sets MODEL_NAME; default: the worker's, the embedded one on CPU)")
-    bench.add_argument("--tp", type=int_list, default=(1,), metavar="SIZES",
-                       help="tensor-parallel sizes, one engine each, e.g. 1,2 (default 1)")
-    bench.add_argument("--concurrency", type=int_list, default=(1, 8, 32), metavar="LEVELS",
-                       help="requests sent at once, one round per level and repetition (default 1,8,32)")
+    bench.add_argument(
+        "--model", help="model to serve (sets MODEL_NAME; default: the worker's, the embedded one on CPU)"
+    )
+    bench.add_argument(
+        "--tp",
+        type=int_list,
+        default=(1,),
+        metavar="SIZES",
+        help="tensor-parallel sizes, one engine each, e.g. 1,2 (default 1)",
+    )
+    bench.add_argument(
+        "--concurrency",
+        type=int_list,
+        default=(1, 8, 32),
+        metavar="LEVELS",
+        help="requests sent at once, one round per level and repetition (default 1,8,32)",
+    )
     bench.add_argument("--prompt-tokens", type=positive, default=128, help="prompt length in tokens (default 128)")
-    bench.add_argument("--output-tokens", type=positive, default=64,
-                       help="tokens generated per request, exactly (ignore_eos; default 64)")
-    bench.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
-                       help="stream the outputs (default); --no-stream: whole responses (no TTFT or ITL)")
-    bench.add_argument("--warmup", type=int, default=1, metavar="ROUNDS",
-                       help="unmeasured rounds per path at the highest concurrency first (default 1)")
-    bench.add_argument("--repetitions", type=positive, default=3, help="measured rounds per path and level; the "
-                       "median is reported with min and max (default 3)")
-    bench.add_argument("--paths", type=route_list, default=route_list("handler,dev"), metavar="PATHS",
-                       help="what to measure besides the raw engine: handler, dev, vllm-serve, or single routes "
-                       "(handler-native, handler-openai, dev-native, dev-openai) (default handler,dev)")
-    bench.add_argument("--max-concurrency", type=positive, metavar="N",
-                       help="the worker's MAX_CONCURRENCY (default: the highest level)")
+    bench.add_argument(
+        "--output-tokens",
+        type=positive,
+        default=64,
+        help="tokens generated per request, exactly (ignore_eos; default 64)",
+    )
+    bench.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stream the outputs (default); --no-stream: whole responses (no TTFT or ITL)",
+    )
+    bench.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        metavar="ROUNDS",
+        help="unmeasured rounds per path at the highest concurrency first (default 1)",
+    )
+    bench.add_argument(
+        "--repetitions",
+        type=positive,
+        default=3,
+        help="measured rounds per path and level; the median is reported with min and max (default 3)",
+    )
+    bench.add_argument(
+        "--paths",
+        type=route_list,
+        default=route_list("handler,dev"),
+        metavar="PATHS",
+        help="what to measure besides the raw engine: handler, dev, vllm-serve, or single routes "
+        "(handler-native, handler-openai, dev-native, dev-openai) (default handler,dev)",
+    )
+    bench.add_argument(
+        "--max-concurrency",
+        type=positive,
+        metavar="N",
+        help="the worker's MAX_CONCURRENCY (default: the highest level)",
+    )
     bench.add_argument("--name", help="results folder name (default: model, TP sizes and time)")
     bench.add_argument("--out", default="results/bench", help="where result folders go (default results/bench)")
     bench.add_argument("--handler", help="the worker's handler.py (default: ./handler.py, else the repository's)")

@@ -40,7 +40,7 @@ class Runner(abc.ABC):
     async def request(self, prompt: str, stream: bool) -> Timing:
         """Send one request and time it."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional: most runners hold nothing to close)
         pass
 
 
@@ -77,7 +77,10 @@ class HandlerNativeRunner(Runner):
         self.handler = handler
 
     async def request(self, prompt: str, stream: bool) -> Timing:
-        job = {"id": self.next_id(), "input": {"prompt": prompt, "sampling_params": dict(self.sampling), "stream": stream}}
+        job = {
+            "id": self.next_id(),
+            "input": {"prompt": prompt, "sampling_params": dict(self.sampling), "stream": stream},
+        }
         timing = Timing(sent=now(), done=0.0)
         async for chunk in self.handler(job):
             note_native_chunk(timing, chunk, stream)
@@ -126,8 +129,9 @@ class DevNativeRunner(Runner):
         import aiohttp
 
         if self.session is None:  # created in the event loop that uses it
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
-                                                 connector=aiohttp.TCPConnector(limit=0))
+            self.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=600), connector=aiohttp.TCPConnector(limit=0)
+            )
         job = {"input": {"prompt": prompt, "sampling_params": dict(self.sampling), "stream": stream}}
         timing = Timing(sent=now(), done=0.0)
         async with self.session.post(f"{self.base_url}/run", json=job) as response:
@@ -162,8 +166,9 @@ class OpenAIHTTPRunner(Runner):
         import aiohttp
 
         if self.session is None:
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
-                                                 connector=aiohttp.TCPConnector(limit=0))
+            self.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=600), connector=aiohttp.TCPConnector(limit=0)
+            )
         body = openai_body(self.model, prompt, self.sampling, stream)
         timing = Timing(sent=now(), done=0.0)
         async with self.session.post(self.url, json=body) as response:
@@ -201,13 +206,19 @@ class OpenAIClientRunner(Runner):
         extra = {"ignore_eos": sampling.pop("ignore_eos")}
         timing = Timing(sent=now(), done=0.0)
         if not stream:
-            response = await self.client.completions.create(model=self.model, prompt=prompt, extra_body=extra, **sampling)
+            response = await self.client.completions.create(
+                model=self.model, prompt=prompt, extra_body=extra, **sampling
+            )
             usage = response.usage
         else:
             usage = None
             chunks = await self.client.completions.create(
-                model=self.model, prompt=prompt, stream=True, stream_options={"include_usage": True},
-                extra_body=extra, **sampling,
+                model=self.model,
+                prompt=prompt,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body=extra,
+                **sampling,
             )
             async for chunk in chunks:
                 if timing.first is None and chunk.choices and chunk.choices[0].text:
@@ -285,6 +296,7 @@ def note_openai_end(timing: Timing, last) -> None:
 
 async def one_round(runner: Runner, prompts: list[str], stream: bool) -> list[Timing]:
     """All prompts sent at once; a request that raises counts as an error, not a crash."""
+
     async def guarded(prompt: str) -> Timing:
         sent = now()
         try:

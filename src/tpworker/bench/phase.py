@@ -81,8 +81,9 @@ def start_worker(spec: dict):
     plan = startup.add_engine_args(settings, startup.plan_start(settings))
     startup.run_preflight(settings, plan)
     engine = Engine.start(plan.engine_args, plan.environment)
-    worker = build_worker(engine, settings.worker, plan.engine_args["model"], plan.engine_args["served_model_name"],
-                          plan.openai_options)
+    worker = build_worker(
+        engine, settings.worker, plan.engine_args["model"], plan.engine_args["served_model_name"], plan.openai_options
+    )
     app._worker = worker  # what handler.py's __main__ sets up before RunPod's loop calls handler()
     loader = importlib.util.spec_from_file_location("tpworker_bench_handler", spec["handler"])
     module = importlib.util.module_from_spec(loader)
@@ -115,12 +116,30 @@ def start_server(spec: dict, port: int) -> subprocess.Popen:
     log = open(Path(spec["log_dir"]) / f"tp{spec['tp']}-{spec['phase']}-server.log", "w")
     env = dict(os.environ)
     if spec["phase"] == "dev":
-        command = [sys.executable, "-m", "tpworker", "dev", "--port", str(port), "--handler", spec["handler"], "--no-restart"]
+        command = [
+            sys.executable,
+            "-m",
+            "tpworker",
+            "dev",
+            "--port",
+            str(port),
+            "--handler",
+            spec["handler"],
+            "--no-restart",
+        ]
     else:
         env.update(spec["environment"])
         engine_args = pickle.loads(Path(spec["engine_args_file"]).read_bytes())
-        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1",
-                   "--port", str(port), *vllm_serve_flags(engine_args)]
+        command = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *vllm_serve_flags(engine_args),
+        ]
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -197,20 +216,32 @@ class CpuMeter:
 
     @staticmethod
     def used(before: dict, after: dict) -> dict:
-        return {"wall_s": after["at"] - before["at"], "cores": psutil.cpu_count(),
-                "seconds": {k: after[k] - before[k] for k in before if k != "at"}}
+        return {
+            "wall_s": after["at"] - before["at"],
+            "cores": psutil.cpu_count(),
+            "seconds": {k: after[k] - before[k] for k in before if k != "at"},
+        }
 
 
-async def measure(spec: dict, runners: dict[str, paths.Runner], events: Events, spawned_at: float,
-                  llm=None, server: subprocess.Popen | None = None) -> None:
+async def measure(
+    spec: dict,
+    runners: dict[str, paths.Runner],
+    events: Events,
+    spawned_at: float,
+    llm=None,
+    server: subprocess.Popen | None = None,
+) -> None:
     workload = Workload.from_json(spec["workload"])
     body, tp = spec["body"], spec["tp"]
     first_route = next(iter(runners))
     timing = await first_request(runners[first_route], prompt(body, f"cold {first_route} tp{tp}"), server)
     if timing.error or timing.first is None:
         raise RuntimeError(f"the first request through {first_route} failed: {timing.error or 'no token came'}")
-    cold = {"route": first_route, "cold_start_s": wall(timing.first) - spawned_at,
-            "first_token_ms": (timing.first - timing.sent) * 1000}
+    cold = {
+        "route": first_route,
+        "cold_start_s": wall(timing.first) - spawned_at,
+        "first_token_ms": (timing.first - timing.sent) * 1000,
+    }
     if spec["phase"] == "dev":
         # What RunPod calls the worker's cold start: `python handler.py` (which the dev server
         # starts) to the first token; the dev server's own start is no part of production.
@@ -226,8 +257,14 @@ async def measure(spec: dict, runners: dict[str, paths.Runner], events: Events, 
         for w in range(workload.warmup):
             prompts = [prompt(body, f"warm {name} tp{tp} w{w} #{i}") for i in range(top)]
             timings = await paths.one_round(runner, prompts, workload.stream)
-            events.emit("round", route=name, concurrency=top, rep=w, warmup=True,
-                        figures=round_figures(timings, workload.output_tokens))
+            events.emit(
+                "round",
+                route=name,
+                concurrency=top,
+                rep=w,
+                warmup=True,
+                figures=round_figures(timings, workload.output_tokens),
+            )
     names = list(runners)
     meter = CpuMeter(server)
     before = meter.snapshot()
@@ -237,8 +274,14 @@ async def measure(spec: dict, runners: dict[str, paths.Runner], events: Events, 
             for name in names[shift:] + names[:shift]:
                 prompts = [prompt(body, f"{name} tp{tp} c{level} r{rep} #{i}") for i in range(level)]
                 timings = await paths.one_round(runners[name], prompts, workload.stream)
-                events.emit("round", route=name, concurrency=level, rep=rep, warmup=False,
-                            figures=round_figures(timings, workload.output_tokens))
+                events.emit(
+                    "round",
+                    route=name,
+                    concurrency=level,
+                    rep=rep,
+                    warmup=False,
+                    figures=round_figures(timings, workload.output_tokens),
+                )
     events.emit("cpu", **CpuMeter.used(before, meter.snapshot()))
     for runner in runners.values():
         await runner.close()
@@ -289,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tpworker.bench.phase")
     parser.add_argument("spec")
     parser.add_argument("events")
-    parser.add_argument("--spawned-at", type=float, required=True, help="time.time() when the parent started this process")
+    parser.add_argument(
+        "--spawned-at", type=float, required=True, help="time.time() when the parent started this process"
+    )
     args = parser.parse_args(argv)
     spec = json.loads(Path(args.spec).read_text())
     events = Events(args.events)

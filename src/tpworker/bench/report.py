@@ -9,8 +9,15 @@ from tpworker.bench.options import ROUTE_ORDER
 from tpworker.bench.targets import rank_bytes, reference
 
 MIB = 1024**2
-COLORS = {"raw": "black", "raw-paired": "gray", "handler-native": "tab:blue", "handler-openai": "tab:cyan", "dev-native": "tab:orange",
-          "dev-openai": "tab:red", "vllm-serve": "tab:green"}
+COLORS = {
+    "raw": "black",
+    "raw-paired": "gray",
+    "handler-native": "tab:blue",
+    "handler-openai": "tab:cyan",
+    "dev-native": "tab:orange",
+    "dev-openai": "tab:red",
+    "vllm-serve": "tab:green",
+}
 TP_STYLES = ("-", "--", ":", "-.")
 
 METHOD = [
@@ -77,18 +84,37 @@ def throughput_rows(run: dict) -> list[list[str]]:
         for level, figures in sorted(run["routes"][route]["levels"].items(), key=lambda kv: int(kv[0])):
             s, versus, paired = figures["summary"], figures.get("vs_raw") or {}, figures.get("vs_paired") or {}
             added = reference(route, figures)[1].get("ttft_added_ms")
-            rows.append([
-                route, level, _spread(s["tokens_per_s"]),
-                "1" if route == "raw" else _f(versus.get("tokens_per_s"), 3), _f(paired.get("tokens_per_s"), 3) if paired else "",
-                _median(s["ttft_ms_median"]), "" if route == "raw" or added is None else f"{added:+.1f}",
-                _median(s["ttft_ms_p90"]), _median(s["itl_ms_median"], 2), _median(s["e2e_ms_median"], 0),
-                "yes" if s["complete"] else "NO",
-            ])
+            rows.append(
+                [
+                    route,
+                    level,
+                    _spread(s["tokens_per_s"]),
+                    "1" if route == "raw" else _f(versus.get("tokens_per_s"), 3),
+                    _f(paired.get("tokens_per_s"), 3) if paired else "",
+                    _median(s["ttft_ms_median"]),
+                    "" if route == "raw" or added is None else f"{added:+.1f}",
+                    _median(s["ttft_ms_p90"]),
+                    _median(s["itl_ms_median"], 2),
+                    _median(s["e2e_ms_median"], 0),
+                    "yes" if s["complete"] else "NO",
+                ]
+            )
     return rows
 
 
-THROUGHPUT_HEADER = ["path", "conc.", "output tok/s", "x raw", "x paired", "TTFT ms", "TTFT +ms", "TTFT p90 ms",
-                     "ITL ms", "E2E ms", "complete"]
+THROUGHPUT_HEADER = [
+    "path",
+    "conc.",
+    "output tok/s",
+    "x raw",
+    "x paired",
+    "TTFT ms",
+    "TTFT +ms",
+    "TTFT p90 ms",
+    "ITL ms",
+    "E2E ms",
+    "complete",
+]
 
 
 def start_rows(result: dict) -> list[list[str]]:
@@ -110,8 +136,12 @@ START_HEADER = ["TP", "process", "cold start s", "vs raw s", "weights/rank MiB",
 CPU_PARTS = {
     "raw": {"bench": "client + engine front end", "direct": "engine core", "deeper": "ranks"},
     "handler": {"bench": "client + worker front end", "direct": "engine core", "deeper": "ranks"},
-    "dev": {"bench": "client", "server": "dev server (RunPod's part)", "direct": "worker front end (handler.py)",
-            "deeper": "engine core + ranks"},
+    "dev": {
+        "bench": "client",
+        "server": "dev server (RunPod's part)",
+        "direct": "worker front end (handler.py)",
+        "deeper": "engine core + ranks",
+    },
     "vllm-serve": {"bench": "client", "server": "vllm serve front end", "direct": "engine core", "deeper": "ranks"},
 }
 
@@ -122,8 +152,11 @@ def cpu_rows(result: dict) -> list[list[str]]:
     for tp, run in result["runs"].items():
         for phase, cpu in run.get("cpu", {}).items():
             capacity = cpu["wall_s"] * cpu["cores"]
-            parts = [f"{label} {cpu['seconds'][group] / capacity:.0%}"
-                     for group, label in CPU_PARTS.get(phase, {}).items() if group in cpu["seconds"]]
+            parts = [
+                f"{label} {cpu['seconds'][group] / capacity:.0%}"
+                for group, label in CPU_PARTS.get(phase, {}).items()
+                if group in cpu["seconds"]
+            ]
             total = sum(cpu["seconds"].values()) / capacity
             rows.append([tp, phase, _f(cpu["wall_s"], 0), "; ".join(parts), f"{total:.0%}"])
     return rows
@@ -136,10 +169,19 @@ def target_rows(result: dict) -> list[list[str]]:
     rows = []
     for t in result["targets"]:
         digits = 3 if t["what"].startswith(("tokens/s", "weights")) else 2  # ratios, else ms or s
-        rows.append([t["tp"], t["what"], t["route"] or "", "" if t["concurrency"] is None else str(t["concurrency"]),
-                     _f(t["value"], digits), f"{t['sense']} {t['target']:.{digits}f}", "yes" if t["met"] else "NO",
-                     _f(t["margin"], digits),
-                     _f(t["between_processes"], 3) if "between_processes" in t else ""])
+        rows.append(
+            [
+                t["tp"],
+                t["what"],
+                t["route"] or "",
+                "" if t["concurrency"] is None else str(t["concurrency"]),
+                _f(t["value"], digits),
+                f"{t['sense']} {t['target']:.{digits}f}",
+                "yes" if t["met"] else "NO",
+                _f(t["margin"], digits),
+                _f(t["between_processes"], 3) if "between_processes" in t else "",
+            ]
+        )
     return rows
 
 
@@ -158,34 +200,48 @@ def describe_machine(result: dict) -> str:
     gpus = ", ".join(m["gpus"]) or "no GPU"
     extensions = m.get("cpu_vector_extensions")  # recorded since results named the CPU's extensions
     cpu = m["cpu"] if extensions is None else f"{m['cpu']} ({', '.join(extensions) or 'no AVX-512'})"
-    return (f"{cpu}, {m['cores']} cores, {m['memory_gib']} GiB, {gpus}; {m['os']}, Python {m['python']}, "
-            f"{m['vllm']}, {m['torch']}, {m['runpod']}; tpworker {m['tpworker_commit']}. Load average (1 min) "
-            f"at start {load['at_start'][0]}, during the run {load['during_min']}-{load['during_max']} "
-            f"(mean {load['during_mean']}).")
+    return (
+        f"{cpu}, {m['cores']} cores, {m['memory_gib']} GiB, {gpus}; {m['os']}, Python {m['python']}, "
+        f"{m['vllm']}, {m['torch']}, {m['runpod']}; tpworker {m['tpworker_commit']}. Load average (1 min) "
+        f"at start {load['at_start'][0]}, during the run {load['during_min']}-{load['during_max']} "
+        f"(mean {load['during_mean']})."
+    )
 
 
 def measured_prompt(result: dict) -> str:
     """The prompt length the engine counted (the unique tag included), over every measured round."""
-    means = [r["prompt_tokens_mean"] for run in result["runs"].values() for data in run["routes"].values()
-             for level in data["levels"].values() for r in level["rounds"] if r.get("prompt_tokens_mean")]
+    means = [
+        r["prompt_tokens_mean"]
+        for run in result["runs"].values()
+        for data in run["routes"].values()
+        for level in data["levels"].values()
+        for r in level["rounds"]
+        if r.get("prompt_tokens_mean")
+    ]
     return f" (measured, with its tag: {sum(means) / len(means):.0f})" if means else ""
 
 
 def describe_workload(result: dict) -> str:
     w = result["workload"]
-    return (f"prompt {w['prompt_tokens']} tokens{measured_prompt(result)}, {w['output_tokens']} output tokens per "
-            f"request (ignore_eos, greedy), "
-            f"{'streamed' if w['stream'] else 'not streamed'}, concurrency {', '.join(map(str, w['concurrency']))}; "
-            f"{w['warmup']} warm-up round(s) per path, {w['repetitions']} measured repetitions per level; "
-            f"MAX_CONCURRENCY={result.get('max_concurrency')}.")
+    return (
+        f"prompt {w['prompt_tokens']} tokens{measured_prompt(result)}, {w['output_tokens']} output tokens per "
+        f"request (ignore_eos, greedy), "
+        f"{'streamed' if w['stream'] else 'not streamed'}, concurrency {', '.join(map(str, w['concurrency']))}; "
+        f"{w['warmup']} warm-up round(s) per path, {w['repetitions']} measured repetitions per level; "
+        f"MAX_CONCURRENCY={result.get('max_concurrency')}."
+    )
 
 
 def markdown(result: dict) -> str:
-    out = [f"# tpworker bench: {result['name']}", "",
-           f"- Model: {result['model']['served_name']} (`{result['model']['path']}`)",
-           f"- Command: `{result['command']}` ({result['wall_s']:.0f} s, {result['created']})",
-           f"- Machine: {describe_machine(result)}",
-           f"- Workload: {describe_workload(result)}", ""]
+    out = [
+        f"# tpworker bench: {result['name']}",
+        "",
+        f"- Model: {result['model']['served_name']} (`{result['model']['path']}`)",
+        f"- Command: `{result['command']}` ({result['wall_s']:.0f} s, {result['created']})",
+        f"- Machine: {describe_machine(result)}",
+        f"- Workload: {describe_workload(result)}",
+        "",
+    ]
     for tp, run in result["runs"].items():
         out += [f"## TP={tp}: throughput and latency", "", _table(THROUGHPUT_HEADER, throughput_rows(run)), ""]
         for error in run["errors"]:
@@ -195,11 +251,24 @@ def markdown(result: dict) -> str:
         out += ["## CPU during the measured rounds", "", _table(CPU_HEADER, cpu_rows(result)), ""]
     scaling = result.get("tp_scaling")
     if scaling and len(scaling["sizes"]) > 1:
-        out += [f"Weights per rank against TP={scaling['base_tp']}: " + ", ".join(
-            f"TP={s['tp']} {s['ratio']:.3f} (limit {s['limit']:.3f})" for s in scaling["sizes"]) + ".", ""]
-    out += ["## Targets", "", _table(TARGET_HEADER, target_rows(result)) if result["targets"] else "(none applicable)", "",
-            "## Method", "", *[f"- {line}" for line in METHOD], "",
-            "![output tokens/s against concurrency](tokens_per_s.png)", ""]
+        out += [
+            f"Weights per rank against TP={scaling['base_tp']}: "
+            + ", ".join(f"TP={s['tp']} {s['ratio']:.3f} (limit {s['limit']:.3f})" for s in scaling["sizes"])
+            + ".",
+            "",
+        ]
+    out += [
+        "## Targets",
+        "",
+        _table(TARGET_HEADER, target_rows(result)) if result["targets"] else "(none applicable)",
+        "",
+        "## Method",
+        "",
+        *[f"- {line}" for line in METHOD],
+        "",
+        "![output tokens/s against concurrency](tokens_per_s.png)",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -213,26 +282,43 @@ def chart(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, rel) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [3, 2]})
-    levels = sorted({int(level) for run in result["runs"].values() for data in run["routes"].values()
-                     for level in data["levels"]})
+    levels = sorted(
+        {int(level) for run in result["runs"].values() for data in run["routes"].values() for level in data["levels"]}
+    )
     for index, (tp, run) in enumerate(result["runs"].items()):
         style = TP_STYLES[index % len(TP_STYLES)]
         for route in [r for r in ROUTE_ORDER if r in run["routes"]]:
-            points = sorted((int(level), f) for level, f in run["routes"][route]["levels"].items()
-                            if f["summary"]["tokens_per_s"])
+            points = sorted(
+                (int(level), f) for level, f in run["routes"][route]["levels"].items() if f["summary"]["tokens_per_s"]
+            )
             if not points:
                 continue
             xs = [x for x, _ in points]
             figures = [f["summary"]["tokens_per_s"] for _, f in points]
             ys = [s["median"] for s in figures]
             errors = [[s["median"] - s["min"] for s in figures], [s["max"] - s["median"] for s in figures]]
-            ax.errorbar(xs, ys, yerr=errors, label=f"{route}, TP={tp}", color=COLORS.get(route), linestyle=style,
-                        marker="o", markersize=4, capsize=3)
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=errors,
+                label=f"{route}, TP={tp}",
+                color=COLORS.get(route),
+                linestyle=style,
+                marker="o",
+                markersize=4,
+                capsize=3,
+            )
             ratios = [(x, reference(route, f)[1].get("tokens_per_s")) for x, f in points]
             ratios = [(x, r) for x, r in ratios if r is not None]
             if ratios and route != "raw":
-                rel.plot([x for x, _ in ratios], [r for _, r in ratios], color=COLORS.get(route), linestyle=style,
-                         marker="o", markersize=4)
+                rel.plot(
+                    [x for x, _ in ratios],
+                    [r for _, r in ratios],
+                    color=COLORS.get(route),
+                    linestyle=style,
+                    marker="o",
+                    markersize=4,
+                )
     for axis in (ax, rel):
         axis.set_xscale("log", base=2)
         axis.set_xticks(levels, [str(x) for x in levels])
@@ -242,8 +328,11 @@ def chart(result: dict, path: Path) -> None:
     rel.set_ylabel("tokens/s / reference's (handler-*: raw-paired; others: raw)")
     rel.axhline(1.0, color="black", linewidth=0.8)
     ax.set_title(f"{result['model']['served_name']}: output tokens/s by path and TP size", fontsize=10)
-    rel.set_title(f"{result['machine']['cpu']}, {result['machine']['cores']} cores, "
-                  f"{', '.join(result['machine']['gpus']) or 'no GPU'}", fontsize=10)
+    rel.set_title(
+        f"{result['machine']['cpu']}, {result['machine']['cores']} cores, "
+        f"{', '.join(result['machine']['gpus']) or 'no GPU'}",
+        fontsize=10,
+    )
     fig.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="upper left", bbox_to_anchor=(0.995, 0.93))
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")

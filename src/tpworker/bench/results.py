@@ -14,8 +14,11 @@ def record(run: dict, phase: str, event: dict) -> None:
     """One event of a phase into the TP size's results."""
     kind = event["event"]
     if kind == "cold":
-        run["cold_start"][phase] = {"route": event["route"], "seconds": event["cold_start_s"],
-                                    "first_token_ms": event["first_token_ms"]}
+        run["cold_start"][phase] = {
+            "route": event["route"],
+            "seconds": event["cold_start_s"],
+            "first_token_ms": event["first_token_ms"],
+        }
         if "server_cold_start_s" in event:
             run["cold_start"][phase]["server_seconds"] = event["server_cold_start_s"]
     elif kind == "weights":

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tpworker.bench import machine, report, results, targets
@@ -85,8 +85,9 @@ def make_body(engine_args: dict, prompt_tokens: int) -> str:
         source, revision = engine_args["tokenizer"], engine_args.get("tokenizer_revision")
     else:
         source, revision = engine_args["model"], engine_args.get("revision")
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision,
-                                              trust_remote_code=bool(engine_args.get("trust_remote_code")))
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, revision=revision, trust_remote_code=bool(engine_args.get("trust_remote_code"))
+    )
     return prompt_body(tokenizer, max(1, prompt_tokens - TAG_TOKENS))
 
 
@@ -101,15 +102,25 @@ class PhaseProcess:
         self.log_path = folder / f"{stem}.log"
         spawned_at = time.time()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tpworker.bench.phase", str(folder / f"{stem}.json"), str(self.events_path),
-             "--spawned-at", repr(spawned_at)],
-            env=env, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "tpworker.bench.phase",
+                str(folder / f"{stem}.json"),
+                str(self.events_path),
+                "--spawned-at",
+                repr(spawned_at),
+            ],
+            env=env,
+            stdout=open(self.log_path, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self._read = 0
 
     def new_events(self) -> list[dict]:
         text = self.events_path.read_text()
-        complete = text[self._read:].rsplit("\n", 1)[0] if "\n" in text[self._read:] else ""
+        complete = text[self._read :].rsplit("\n", 1)[0] if "\n" in text[self._read :] else ""
         self._read += len(complete) + (1 if complete else 0)
         return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
@@ -153,9 +164,11 @@ def command_line(options: argparse.Namespace) -> str:
     parts += [
         f"--tp {','.join(map(str, options.tp))}",
         f"--concurrency {','.join(map(str, options.concurrency))}",
-        f"--prompt-tokens {options.prompt_tokens}", f"--output-tokens {options.output_tokens}",
+        f"--prompt-tokens {options.prompt_tokens}",
+        f"--output-tokens {options.output_tokens}",
         "--stream" if options.stream else "--no-stream",
-        f"--warmup {options.warmup}", f"--repetitions {options.repetitions}",
+        f"--warmup {options.warmup}",
+        f"--repetitions {options.repetitions}",
         f"--paths {paths_text(options.paths)}",
     ]
     if options.max_concurrency:
@@ -177,9 +190,16 @@ def run_phases(options, workload, routes, plans, body, folder, progress, load) -
             if not chosen:
                 continue
             spec = {
-                "phase": phase, "routes": chosen, "tp": tp, "workload": workload.to_json(), "body": body,
-                "model": plan.engine_args["served_model_name"][0], "engine_args_file": str(engine_args_file),
-                "environment": plan.environment, "handler": str(options.handler_path), "log_dir": str(folder),
+                "phase": phase,
+                "routes": chosen,
+                "tp": tp,
+                "workload": workload.to_json(),
+                "body": body,
+                "model": plan.engine_args["served_model_name"][0],
+                "engine_args_file": str(engine_args_file),
+                "environment": plan.environment,
+                "handler": str(options.handler_path),
+                "log_dir": str(folder),
             }
             task = progress.add_task(f"TP={tp} {phase}", total=steps_of(chosen, workload))
             began = time.time()
@@ -224,8 +244,14 @@ def main(options: argparse.Namespace) -> int:
 
     # Piped output (CI, logs) gets room for the whole table instead of rich's 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=170)
-    workload = Workload(options.prompt_tokens, options.output_tokens, options.concurrency, options.stream,
-                        options.warmup, options.repetitions)
+    workload = Workload(
+        options.prompt_tokens,
+        options.output_tokens,
+        options.concurrency,
+        options.stream,
+        options.warmup,
+        options.repetitions,
+    )
     routes = list(options.paths)
     try:
         options.handler_path = devserver.find_handler(options.handler)
@@ -251,16 +277,24 @@ def main(options: argparse.Namespace) -> int:
     body = make_body(first.engine_args, workload.prompt_tokens)
     warm_page_cache(first.engine_args["model"])
     started = time.time()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, refresh_per_second=2) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        refresh_per_second=2,
+    ) as progress:
         runs = run_phases(options, workload, routes, plans, body, logs, progress, load)
     result = {
         "name": folder.name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command_line(options),
         "wall_s": round(time.time() - started, 1),
         "model": {"served_name": served, "path": first.engine_args["model"]},
-        "engine_args": {k: v for k, v in first.engine_args.items() if isinstance(v, (str, int, float, bool, list)) or v is None},
+        "engine_args": {
+            k: v for k, v in first.engine_args.items() if isinstance(v, (str, int, float, bool, list)) or v is None
+        },
         "machine": machine.describe(ROOT),
         "load": load.summary(),
         "workload": workload.to_json(),
@@ -275,7 +309,9 @@ def main(options: argparse.Namespace) -> int:
     report.show(result, console)
     console.print(f"Results: {folder}/result.json, result.md, tokens_per_s.png")
     failed = any(run["errors"] for run in runs.values()) or not all(
-        level["summary"]["complete"] for run in runs.values() for data in run["routes"].values()
+        level["summary"]["complete"]
+        for run in runs.values()
+        for data in run["routes"].values()
         for level in data["levels"].values()
     )
     return 1 if failed else 0

@@ -18,8 +18,17 @@ RATIO_LEVELS = (8, 32)
 
 def _row(tp, what, route, level, value, target, higher_is_better: bool) -> dict:
     margin = None if value is None else (value - target if higher_is_better else target - value)
-    return {"tp": tp, "what": what, "route": route, "concurrency": level, "value": value, "target": target,
-            "sense": ">=" if higher_is_better else "<=", "met": margin is not None and margin >= 0, "margin": margin}
+    return {
+        "tp": tp,
+        "what": what,
+        "route": route,
+        "concurrency": level,
+        "value": value,
+        "target": target,
+        "sense": ">=" if higher_is_better else "<=",
+        "met": margin is not None and margin >= 0,
+        "margin": margin,
+    }
 
 
 def reference(route: str, figures: dict) -> tuple[str, dict]:
@@ -49,18 +58,45 @@ def evaluate(result: dict) -> list[dict]:
                         row["between_processes"] = between_processes(routes, level)
                     rows.append(row)
                 if route.startswith("handler-") and stream:
-                    rows.append(_row(tp, f"TTFT added vs {base} (ms)", route, int(level), versus.get("ttft_added_ms"),
-                                     TTFT_ADDED_MS, False))
+                    rows.append(
+                        _row(
+                            tp,
+                            f"TTFT added vs {base} (ms)",
+                            route,
+                            int(level),
+                            versus.get("ttft_added_ms"),
+                            TTFT_ADDED_MS,
+                            False,
+                        )
+                    )
         cold = run["cold_start"]
         for phase in ("handler", "dev"):
             if phase in cold and "raw" in cold:
-                rows.append(_row(tp, "cold start added (s)", cold[phase]["route"], None,
-                                 cold[phase]["seconds"] - cold["raw"]["seconds"], COLD_START_S, False))
+                rows.append(
+                    _row(
+                        tp,
+                        "cold start added (s)",
+                        cold[phase]["route"],
+                        None,
+                        cold[phase]["seconds"] - cold["raw"]["seconds"],
+                        COLD_START_S,
+                        False,
+                    )
+                )
     scaling = result.get("tp_scaling") or {}
     for row in scaling.get("sizes", []):
         if row["tp"] != scaling["base_tp"]:
-            rows.append(_row(str(row["tp"]), f"weights/rank vs TP={scaling['base_tp']}", None, None,
-                             row["ratio"], row["limit"], False))
+            rows.append(
+                _row(
+                    str(row["tp"]),
+                    f"weights/rank vs TP={scaling['base_tp']}",
+                    None,
+                    None,
+                    row["ratio"],
+                    row["limit"],
+                    False,
+                )
+            )
     return rows
 
 
