@@ -1,0 +1,145 @@
+"""The layer rules of docs/DESIGN.md, checked on the source rather than only written down:
+- settings.py alone reads the environment (others may hand the whole of it to a child process, or set it);
+- the planner and the start-up plan never import vLLM (a bad plan is refused before vLLM's seconds of import);
+- vllm_bridge.py alone touches vLLM beyond its public AsyncEngineArgs / SamplingParams / RequestOutputKind;
+- jobloop.py alone touches runpod's internals (others call `runpod.serverless.start`, its public entry).
+Each rule reads the modules' syntax trees (ast), so a comment or a string naming a module does not count."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "src" / "tpworker"
+SOURCES = sorted(PACKAGE.rglob("*.py")) + [ROOT / "handler.py"]
+
+ENVIRONMENT_READER = PACKAGE / "settings.py"
+# Reads of the environment allowed elsewhere, each with its reason.
+ENVIRONMENT_EXCEPTIONS = {
+    # sets the variables vLLM's processes need while they spawn, and reads its own back to restore them
+    PACKAGE / "engine.py": 1,
+}
+VLLM_BRIDGE = PACKAGE / "vllm_bridge.py"
+VLLM_PUBLIC = {
+    "vllm": {"AsyncEngineArgs", "SamplingParams", "AsyncLLMEngine"},
+    "vllm.sampling_params": {"RequestOutputKind", "SamplingParams"},
+}
+RUNPOD_INTERNALS_USER = PACKAGE / "jobloop.py"
+# Imported by the start-up path before the plan is checked: none may import vLLM.
+PLANNING = [
+    "settings",
+    "startup",
+    "modelinfo",
+    "parallel",
+    "memory",
+    "preflight",
+    "planner",
+    "hardware",
+    "resolve",
+    "default_model",
+    "errors",
+]
+
+
+def tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _is_os_environ(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "environ" and getattr(node.value, "id", None) == "os"
+
+
+def environment_reads(module: ast.Module) -> list[int]:
+    """Lines that read a variable: os.getenv(...), os.environ.get(...), os.environ[...] read, `in os.environ`."""
+    lines = []
+    for node in ast.walk(module):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            target = node.func
+            if target.attr == "getenv" and getattr(target.value, "id", None) == "os":
+                lines.append(node.lineno)
+            elif target.attr in ("get", "setdefault", "items", "keys", "values") and _is_os_environ(target.value):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Subscript) and _is_os_environ(node.value) and isinstance(node.ctx, ast.Load):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Compare) and any(_is_os_environ(c) for c in node.comparators):
+            lines.append(node.lineno)
+    return lines
+
+
+def imports(module: ast.Module) -> list[tuple[str, str | None, int]]:
+    """(module, name imported from it or None, line) for every import, at any depth."""
+    found = []
+    for node in ast.walk(module):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, None, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found += [(node.module, alias.name, node.lineno) for alias in node.names]
+    return found
+
+
+def vllm_internals(module: ast.Module) -> list[str]:
+    used = []
+    for name, item, line in imports(module):
+        if name.split(".")[0] != "vllm":
+            continue
+        if item is None or item not in VLLM_PUBLIC.get(name, set()):
+            used.append(f"{name}{'' if item is None else ' ' + item} (line {line})")
+    return used
+
+
+def runpod_internals(module: ast.Module) -> list[str]:
+    return [
+        f"{name}{'' if item is None else ' ' + item} (line {line})"
+        for name, item, line in imports(module)
+        if name.split(".")[0] == "runpod" and (name, item) != ("runpod", None)
+    ]
+
+
+def test_only_settings_reads_the_environment():
+    readers = {}
+    for path in SOURCES:
+        lines = environment_reads(tree(path))
+        if path != ENVIRONMENT_READER and len(lines) > ENVIRONMENT_EXCEPTIONS.get(path, 0):
+            readers[str(path.relative_to(ROOT))] = lines
+    assert not readers, f"read the environment through tpworker.settings instead: {readers}"
+
+
+def test_only_vllm_bridge_touches_vllm_internals():
+    users = {str(p.relative_to(ROOT)): used for p in SOURCES if p != VLLM_BRIDGE and (used := vllm_internals(tree(p)))}
+    assert not users, f"move these uses of vLLM into vllm_bridge.py: {users}"
+
+
+def test_only_jobloop_touches_runpod_internals():
+    users = {
+        str(p.relative_to(ROOT)): used
+        for p in SOURCES
+        if p != RUNPOD_INTERNALS_USER and (used := runpod_internals(tree(p)))
+    }
+    assert not users, f"move these uses of runpod into jobloop.py: {users}"
+
+
+def test_planning_never_imports_vllm():
+    """Imported in a fresh interpreter: vLLM must not be among the modules they pull in, however indirectly."""
+    code = (
+        "import sys\n"
+        + "".join(f"import tpworker.{name}\n" for name in PLANNING)
+        + "print(sorted(m for m in sys.modules if m == 'vllm' or m.startswith('vllm.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_the_rules_would_catch_a_mistake():
+    sample = ast.parse(
+        "import os\nimport vllm.v1.engine\nfrom vllm import LLM, SamplingParams\n"
+        "from runpod.serverless import modules\nimport runpod\n"
+        "x = os.environ['A']\ny = os.getenv('B')\nz = 'C' in os.environ\nenv = {**os.environ}\nos.environ['D'] = '1'\n"
+    )
+    assert environment_reads(sample) == [6, 7, 8]
+    assert vllm_internals(sample) == ["vllm.v1.engine (line 2)", "vllm LLM (line 3)"]
+    assert runpod_internals(sample) == ["runpod.serverless modules (line 4)"]
