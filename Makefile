@@ -64,7 +64,7 @@ $(UV):
 	$(TOOLS_VENV)/bin/pip install "uv==$(UV_VERSION)"
 
 model: env
-	$(PY) -m tpworker.default_model
+	$(PY) -m tpworker.models.default_model
 
 clean-env:
 	rm -rf $(VENV)

@@ -19,8 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # handler.py lives at the repository root
 
-from tpworker import app, default_model  # noqa: E402
-from tpworker.settings import load_settings, models_cache_dir  # noqa: E402
+from tpworker import app  # noqa: E402
+from tpworker.config.settings import load_settings, models_cache_dir  # noqa: E402
+from tpworker.models import default_model  # noqa: E402
 
 import handler  # noqa: E402  (the RunPod entry point under test)
 
@@ -35,22 +36,19 @@ def models() -> tuple[Path, Path]:
 
 
 class RunningWorker:
-    """The worker as handler.py builds it (settings -> plan -> engine), with an event loop in a
-    thread of its own: the engine is bound to the loop of its first request, and tests are sync."""
+    """The worker as handler.py starts it (settings -> plan, preflight included -> startup.start),
+    without the watchdog (it would exit the test process), with an event loop in a thread of its
+    own: the engine is bound to the loop of its first request, and tests are sync."""
 
     def __init__(self, **env: str):
-        from tpworker.engine import Engine
-        from tpworker.startup import add_engine_args, plan_start
-        from tpworker.worker import build_worker
+        from tpworker.startup.plan import plan_start
+        from tpworker.startup.start import start_worker
 
         environ = {**os.environ, **ENGINE_ENV, **env}
         self.settings = load_settings(environ)
-        self.plan = add_engine_args(self.settings, plan_start(self.settings))
-        self.engine = Engine.start(self.plan.engine_args, self.plan.environment)
-        args = self.plan.engine_args
-        self.worker = build_worker(
-            self.engine, self.settings.worker, args["model"], args["served_model_name"], self.plan.openai_options
-        )
+        self.plan = plan_start(self.settings)
+        self.started = start_worker(self.settings, self.plan, watched=False)
+        self.engine, self.worker = self.started.engine, self.started.worker
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -62,14 +60,14 @@ class RunningWorker:
         """Every chunk handler.handler yields for one job."""
 
         async def collect():
-            app._worker = self.worker  # what handler.py's __main__ sets up
+            app.set_current_worker(self.worker)  # what handler.py's main() does once started
             return [chunk async for chunk in handler.handler({"id": job_id, "input": job_input})]
 
         return self.run(collect())
 
     def close(self) -> None:
-        app._worker = None
-        self.worker.close()
+        app.set_current_worker(None)
+        self.started.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
@@ -192,7 +190,7 @@ def tallied(kind: str, name: str):
 
 
 def pytest_terminal_summary(terminalreporter):
-    from tpworker.hardware import describe_cpu
+    from tpworker.planning.hardware import describe_cpu
 
     faults, bad, load = RELIABILITY["faults"], RELIABILITY["bad_inputs"], RELIABILITY["load"]
     if not (faults or bad or load):

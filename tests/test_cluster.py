@@ -5,7 +5,7 @@ vLLM's CPU build cannot place its ranks on Ray (its CPU platform names no Ray re
 worker refuses that before loading, and the last test shows it is vLLM's own limit: vLLM started
 directly on this cluster stops with "current platform cpu does not support ray." for PP=2 and for
 TP=2 x PP=1. When a vLLM release lifts it, that test fails, and the refusal (which asks vLLM the
-same question, vllm_bridge.ray_unsupported_reason) lets the worker through."""
+same question, async_engine.ray_unsupported_reason) lets the worker through."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def cluster(models):
 
 
 def settings_for(cluster, **env: str):
-    from tpworker.settings import load_settings
+    from tpworker.config.settings import load_settings
 
     return load_settings(
         {**os.environ, **ENGINE_ENV, "DISTRIBUTED_EXECUTOR_BACKEND": "ray", "RAY_ADDRESS": cluster["address"], **env}
@@ -61,7 +61,7 @@ def test_the_head_waited_for_the_joining_node(cluster):
 
 
 def test_the_cluster_shape_is_read_from_ray(cluster):
-    from tpworker import raystate
+    from tpworker.planning import raystate
 
     shape = raystate.cluster_shape(cluster["address"])
     assert (shape.nodes, shape.gpus, shape.cpus) == (2, (0, 0), (1, 1))
@@ -69,36 +69,37 @@ def test_the_cluster_shape_is_read_from_ray(cluster):
 
 
 def test_the_plan_at_start_checks_tp_x_pp_against_the_live_cluster(cluster):
-    from tpworker.parallel import PlanError
-    from tpworker.startup import plan_start
+    from tpworker.planning.parallel import PlanError
+    from tpworker.startup.layout import plan_layout
 
-    pp2 = plan_start(settings_for(cluster, PIPELINE_PARALLEL_SIZE="2")).parallel
+    pp2 = plan_layout(settings_for(cluster, PIPELINE_PARALLEL_SIZE="2")).parallel
     assert (pp2.tensor_parallel_size, pp2.pipeline_parallel_size, pp2.backend) == (1, 2, "ray")
     assert pp2.layers_per_stage == (15, 15) and pp2.cluster.nodes == 2
-    tp2 = plan_start(settings_for(cluster, TENSOR_PARALLEL_SIZE="2")).parallel
+    tp2 = plan_layout(settings_for(cluster, TENSOR_PARALLEL_SIZE="2")).parallel
     assert (tp2.tensor_parallel_size, tp2.pipeline_parallel_size) == (2, 1)
     with pytest.raises(
         PlanError,
         match=f"needs 4 CPUs, but the Ray cluster at {cluster['address']} has no GPU; "
         r"2 CPUs on 2 node\(s\) \(1 \+ 1\)",
     ):
-        plan_start(settings_for(cluster, TENSOR_PARALLEL_SIZE="2", PIPELINE_PARALLEL_SIZE="2"))
+        plan_layout(settings_for(cluster, TENSOR_PARALLEL_SIZE="2", PIPELINE_PARALLEL_SIZE="2"))
 
 
 def test_no_cluster_at_ray_address_is_refused_at_once(models):
-    from tpworker.raystate import RayUnavailable
-    from tpworker.settings import load_settings
-    from tpworker.startup import plan_start
+    from tpworker.config.settings import load_settings
+    from tpworker.planning.raystate import RayUnavailable
+    from tpworker.startup.layout import plan_layout
 
     settings = load_settings(
         {**os.environ, "DISTRIBUTED_EXECUTOR_BACKEND": "ray", "RAY_ADDRESS": f"127.0.0.1:{free_port()}"}
     )
     with pytest.raises(RayUnavailable, match="No Ray cluster answers at RAY_ADDRESS=127.0.0.1:"):
-        plan_start(settings)
+        plan_layout(settings)
 
 
 def test_the_worker_refuses_ray_on_cpu_before_loading(cluster):
-    from tpworker.startup import StartError, add_engine_args, plan_start
+    from tpworker.startup.layout import StartError
+    from tpworker.startup.plan import plan_start
 
     settings = settings_for(cluster, PIPELINE_PARALLEL_SIZE="2")
     with pytest.raises(
@@ -106,7 +107,7 @@ def test_the_worker_refuses_ray_on_cpu_before_loading(cluster):
         match="DISTRIBUTED_EXECUTOR_BACKEND=ray: vLLM's cpu platform cannot run its ranks "
         "on Ray.*current platform cpu does not support ray",
     ):
-        add_engine_args(settings, plan_start(settings))
+        plan_start(settings)
 
 
 VLLM_ON_RAY = textwrap.dedent("""

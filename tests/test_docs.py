@@ -1,10 +1,10 @@
 """The environment-variable reference in README.md and docs/ENVIRONMENT.md matches the settings."""
 
-from tpworker import envdocs
+from tpworker.config import envdocs
 
 
 def test_environment_tables_are_current():
-    assert envdocs.main([]) == 0, "run: python -m tpworker.envdocs --write"
+    assert envdocs.main([]) == 0, "run: python -m tpworker.config.envdocs --write"
 
 
 def test_every_worker_variable_is_in_the_readme():

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from tpworker import download, manifest, snapshot
+from tpworker.models import download, manifest, snapshot
 
 from conftest import ROOT
 from hubserver import GRANTED_TOKEN, FakeHub

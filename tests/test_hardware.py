@@ -1,6 +1,6 @@
 """GPU visibility (CUDA_VISIBLE_DEVICES semantics) and the CPU core split per rank."""
 
-from tpworker.hardware import cpu_threads_binding, select_visible, visible_gpus
+from tpworker.planning.hardware import cpu_threads_binding, select_visible, visible_gpus
 
 UUIDS = ["GPU-aaa1", "GPU-abb2", "GPU-ccc3", "GPU-ddd4"]
 

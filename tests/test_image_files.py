@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tpworker.settings import WorkerSettings
+from tpworker.config.variables import WorkerSettings
 
 from conftest import ROOT
 

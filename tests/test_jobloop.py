@@ -1,4 +1,4 @@
-"""tpworker.jobloop: RunPod's job loop with events in place of its sleeps.
+"""tpworker.serving.jobloop: RunPod's job loop with events in place of its sleeps.
 
 These run the SDK's own JobScaler code (job queue, job_progress, stop-signal loop, drain) with two
 test doubles for RunPod's cloud, which cannot exist here: the job-take API (`jobs_fetcher`, fed from an
@@ -18,7 +18,7 @@ import runpod.serverless.worker
 from runpod.serverless.modules import rp_scale
 from runpod.serverless.modules.worker_state import JobsProgress
 
-from tpworker import jobloop
+from tpworker.serving import jobloop
 
 
 class FakeRunPod:

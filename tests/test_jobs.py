@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tpworker.jobs import BatchPolicy, JobError, Limits, parse_job
-from tpworker.native import StreamBatcher
+from tpworker.serving.jobs import BatchPolicy, JobError, Limits, parse_job
+from tpworker.serving.native import StreamBatcher
 
 DEFAULT = BatchPolicy(max_size=50, min_size=1, growth_factor=3)
 

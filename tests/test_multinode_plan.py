@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from tpworker import cli
-from tpworker.modelinfo import ModelFacts, read_model_config
-from tpworker.parallel import ClusterShape, PlanError, plan_parallelism, pp_layer_split
-from tpworker.settings import SettingsError, load_settings
+from tpworker.config.settings import SettingsError, load_settings
+from tpworker.planning.modelinfo import ModelFacts, read_model_config
+from tpworker.planning.parallel import ClusterShape, PlanError, plan_parallelism, pp_layer_split
 
 CONFIGS = Path(__file__).parent / "fixtures" / "configs"
 LLAMA_405B = str(CONFIGS / "llama-3.1-405b-instruct.json")
@@ -127,9 +127,9 @@ def test_distributed_executor_backend_is_a_worker_setting_read_before_vllm():
 
 
 def test_distributed_executor_backend_is_not_read_twice():
-    from tpworker import vllm_bridge
+    from tpworker.vllm_bridge import arguments
 
-    assert "distributed_executor_backend" not in vllm_bridge.engine_arg_names()
+    assert "distributed_executor_backend" not in arguments.engine_arg_names()
     # the settings' own variable, so vllm_args() never sees it
     assert (
         load_settings({"DISTRIBUTED_EXECUTOR_BACKEND": "ray"}).vllm_args().get("distributed_executor_backend") is None

@@ -176,7 +176,7 @@ def test_a_cancelled_job_aborts_its_engine_request(worker):
     import handler
 
     async def cancel_mid_stream():
-        app._worker = worker.worker
+        app.set_current_worker(worker.worker)
         # first chunk: 1 token; the second would hold 1000, so the job is mid-generation when cancelled
         job = {
             "id": "to-cancel",
@@ -207,13 +207,13 @@ def test_a_cancelled_job_aborts_its_engine_request(worker):
 
 
 def test_the_openai_routes_are_built_once_the_worker_is_idle_after_the_job_loop_starts(worker):
-    """RunPod's job loop calls concurrency_modifier when it starts; the worker then builds vLLM's
+    """RunPod's job loop calls loop_started when it starts (jobloop.install); the worker then builds vLLM's
     OpenAI serving layer (about a second, mostly holding the event loop) as soon as no job is in
     flight, so that neither a job waiting at start nor the first OpenAI job waits for it."""
     import asyncio
 
     from tpworker import app
-    from tpworker.worker import OPENAI_WARMUP_DELAY_S
+    from tpworker.serving.worker import OPENAI_WARMUP_DELAY_S
 
     import handler
 
@@ -229,9 +229,10 @@ def test_the_openai_routes_are_built_once_the_worker_is_idle_after_the_job_loop_
     }
 
     async def start_of_job_loop():
-        app._worker = running
+        app.set_current_worker(running)
         outputs = handler.handler(job)
         first = await anext(outputs)  # a job is in flight
+        running.loop_started()
         concurrency = running.concurrency(1)
         await asyncio.sleep(OPENAI_WARMUP_DELAY_S + 0.5)
         built_while_busy = running.openai._server is not None

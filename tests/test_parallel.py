@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tpworker.modelinfo import ModelFacts, read_model_config
-from tpworker.parallel import PlanError, plan_parallelism, valid_tp_sizes
+from tpworker.planning.modelinfo import ModelFacts, read_model_config
+from tpworker.planning.parallel import PlanError, plan_parallelism, valid_tp_sizes
 
 
 def shape(heads: int, kv_heads: int, intermediate: int) -> ModelFacts:

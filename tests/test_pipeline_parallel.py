@@ -65,9 +65,10 @@ def test_pp2_answers_the_chat_question_streamed(runs):
 def test_pp_on_cpu_in_eager_mode_is_refused_before_loading(models):
     import os
 
-    from tpworker.settings import load_settings
-    from tpworker.startup import StartError, add_engine_args, plan_start
+    from tpworker.config.settings import load_settings
+    from tpworker.startup.layout import StartError
+    from tpworker.startup.plan import plan_start
 
     settings = load_settings({**os.environ, **ENGINE_ENV, "PIPELINE_PARALLEL_SIZE": "2", "ENFORCE_EAGER": "true"})
     with pytest.raises(StartError, match="PIPELINE_PARALLEL_SIZE>1 cannot run in eager mode on vLLM's CPU build"):
-        add_engine_args(settings, plan_start(settings))
+        plan_start(settings)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tpworker import hardware
-from tpworker.modelinfo import ModelFacts, read_model_config
-from tpworker.parallel import PlanError, valid_tp_sizes
-from tpworker.preflight import PreflightError
-from tpworker.settings import load_settings
-from tpworker.startup import add_engine_args, plan_start, run_preflight
+from tpworker.config.settings import load_settings
+from tpworker.planning import hardware
+from tpworker.planning.modelinfo import ModelFacts, read_model_config
+from tpworker.planning.parallel import PlanError, valid_tp_sizes
+from tpworker.planning.preflight import PreflightError
+from tpworker.startup.layout import plan_layout
+from tpworker.startup.plan import plan_start
 
 from conftest import ENGINE_ENV, RunningWorker, text_of
 
@@ -32,7 +33,7 @@ def test_tp4_on_the_padded_model_is_accepted_and_serves(models):
 def test_tp2_on_the_unpadded_model_is_refused_before_vllm_and_by_vllm(models):
     settings = load_settings({"MODEL_NAME": str(models[0]), "TENSOR_PARALLEL_SIZE": "2"})
     with pytest.raises(PlanError, match="9 attention heads do not divide by 2"):
-        plan_start(settings)
+        plan_layout(settings)
     # vLLM's own configuration check agrees (it runs after seconds of imports, before loading)
     from vllm import AsyncEngineArgs
 
@@ -44,10 +45,10 @@ def test_preflight_refuses_a_gpu_too_small_for_the_weights(models, monkeypatch):
     # A test double for a GPU: 100 MiB of memory, which cannot hold the 0.29 GB of weights.
     monkeypatch.setattr(hardware, "visible_gpus", lambda *_: [hardware.Gpu(0, "Fake GPU", 100 * 2**20)])
     settings = load_settings({**ENGINE_ENV, "MODEL_NAME": str(models[1])})
-    plan = add_engine_args(settings, plan_start(settings))
-    assert plan.parallel.tensor_parallel_size == 1
+    layout = plan_layout(settings)
+    assert layout.parallel.tensor_parallel_size == 1
     with pytest.raises(PreflightError, match="more than the"):
-        run_preflight(settings, plan)
+        plan_start(settings, layout)
 
 
 def test_auto_on_simulated_gpus_uses_the_largest_valid_size(models, monkeypatch):
@@ -55,5 +56,5 @@ def test_auto_on_simulated_gpus_uses_the_largest_valid_size(models, monkeypatch)
         hardware, "visible_gpus", lambda *_: [hardware.Gpu(i, "Fake GPU", 80 * 2**30) for i in range(3)]
     )
     settings = load_settings({"MODEL_NAME": str(models[1])})
-    plan = plan_start(settings)
-    assert plan.parallel.tensor_parallel_size == 2 and "1 GPU(s) per stage stay idle" in plan.parallel.warning
+    layout = plan_layout(settings)
+    assert layout.parallel.tensor_parallel_size == 2 and "1 GPU(s) per stage stay idle" in layout.parallel.warning

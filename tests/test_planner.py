@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tpworker import cli, planner
-from tpworker.hardware import Link, gpu_links
-from tpworker.memory import GB, GiB, MemoryModel
-from tpworker.modelinfo import ModelFacts, read_model_config
-from tpworker.parallel import valid_tp_sizes
-from tpworker.preflight import PreflightError, interconnect_findings, memory_findings
+from tpworker import cli
+from tpworker.planning import planner
+from tpworker.planning.hardware import Link, gpu_links
+from tpworker.planning.memory import GB, GiB, MemoryModel
+from tpworker.planning.modelinfo import ModelFacts, read_model_config
+from tpworker.planning.parallel import valid_tp_sizes
+from tpworker.planning.preflight import PreflightError, interconnect_findings, memory_findings
 
 CONFIGS = Path(__file__).parent / "fixtures" / "configs"
 

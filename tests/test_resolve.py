@@ -12,9 +12,11 @@ import pytest
 from huggingface_hub import constants, snapshot_download
 from safetensors.numpy import save_file
 
-from tpworker import download, hardware, resolve
-from tpworker.settings import load_settings
-from tpworker.startup import StartError, add_engine_args, choose_model, plan_start
+from tpworker.config.settings import load_settings
+from tpworker.models import download, resolve
+from tpworker.planning import hardware
+from tpworker.startup.layout import StartError, choose_model
+from tpworker.startup.plan import plan_start
 
 from conftest import ROOT
 from hubserver import FakeHub
@@ -151,7 +153,7 @@ def test_folders_and_paths(tmp_path):
 
 
 def test_the_start_plan_of_a_baked_model(baked, tmp_path):
-    plan = add_engine_args(settings(tmp_path), plan_start(settings(tmp_path, MODEL_REVISION="main")))
+    plan = plan_start(settings(tmp_path, MODEL_REVISION="main"))
     args = plan.engine_args
     assert args["model"] == str(baked / "HuggingFaceTB--Tiny-Model")
     assert args["tokenizer"] == str(baked / "tokenizer--org--tok")

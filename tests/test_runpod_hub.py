@@ -10,8 +10,10 @@ import json
 import jsonschema
 import pytest
 
-from tpworker import app, envdocs, runpodhub, vllm_bridge
-from tpworker.settings import load_settings
+from tpworker import app
+from tpworker.config import envdocs, runpodhub
+from tpworker.config.settings import load_settings
+from tpworker.vllm_bridge import arguments
 
 from conftest import ROOT
 
@@ -126,7 +128,7 @@ TESTS_SCHEMA = {
 
 
 def test_hub_json_is_generated_from_the_settings():
-    assert runpodhub.main([]) == 0, "run: python -m tpworker.envdocs --write"
+    assert runpodhub.main([]) == 0, "run: python -m tpworker.config.envdocs --write"
 
 
 @pytest.mark.parametrize("document, schema", [(HUB, HUB_SCHEMA), (TESTS, TESTS_SCHEMA)], ids=["hub.json", "tests.json"])
@@ -157,11 +159,11 @@ def test_every_variable_the_worker_reads_is_offered_on_the_hub_and_in_the_readme
 
 
 def test_engine_arguments_on_the_hub_are_real_ones_with_vllms_defaults():
-    names = set(vllm_bridge.engine_arg_names())
+    names = set(arguments.engine_arg_names())
     worker = {v for row in envdocs.worker_rows() for v in row[0].replace("`", "").split(" / ")}
     for key, entry in ((e["key"], e["input"]) for e in HUB["config"]["env"] if e["key"] not in worker):
         assert key.lower() in names, key
-        default = vllm_bridge.engine_arg_default(key.lower())
+        default = arguments.engine_arg_default(key.lower())
         assert entry.get("default") == (default if default not in (None, "") else None), key
 
 

@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
-from tpworker import vllm_bridge
-from tpworker.settings import SettingsError, WorkerSettings, load_settings, masked
+from tpworker.config.settings import SettingsError, load_settings
+from tpworker.config.variables import WorkerSettings, masked
+from tpworker.vllm_bridge import arguments
 
 
 def problems(env: dict) -> list[str]:
@@ -75,7 +76,7 @@ def test_every_engine_argument_has_a_variable():
     from vllm import AsyncEngineArgs
 
     fields = {f.name for f in dataclasses.fields(AsyncEngineArgs) if not f.name.startswith("_")}
-    settable = set(vllm_bridge.engine_arg_names()) | set(WorkerSettings.model_fields)
+    settable = set(arguments.engine_arg_names()) | set(WorkerSettings.model_fields)
     # hf_token: huggingface_hub reads HF_TOKEN itself. The others have no command-line flag in
     # vLLM 0.32 (no way to set them in `vllm serve` either).
     assert fields - settable == {
@@ -133,7 +134,7 @@ def test_openai_frontend_options_and_worker_vllm_names_for_them():
     assert options["chat_template"] == "{{ messages }}" and options["response_role"] == "bot"
     assert options["enable_auto_tool_choice"] is True and options["tool_call_parser"] == "hermes"
     assert options["lora_modules"][0].name == "sql"
-    assert not vllm_bridge.is_engine_arg("tool_call_parser") and vllm_bridge.is_engine_arg("max_model_len")
+    assert not arguments.is_engine_arg("tool_call_parser") and arguments.is_engine_arg("max_model_len")
     with pytest.raises(SettingsError, match="CHAT_TEMPLATE='a' and CUSTOM_CHAT_TEMPLATE='b'"):
         load_settings({"CHAT_TEMPLATE": "a", "CUSTOM_CHAT_TEMPLATE": "b"}).vllm_args()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tpworker.watchdog import FIRST_STEP_GRACE_S, engine_problem
+from tpworker.serving.watchdog import FIRST_STEP_GRACE_S, engine_problem
 
 
 @dataclass

@@ -50,7 +50,7 @@ QUICK = ("float32 TP=1", "bfloat16 TP=1")
 def machine() -> dict:
     import torch
 
-    from tpworker import hardware
+    from tpworker.planning import hardware
 
     return {
         "cpu": hardware.cpu_model(),
@@ -60,8 +60,8 @@ def machine() -> dict:
 
 
 def model_folders() -> dict[str, Path]:
-    from tpworker import default_model
-    from tpworker.settings import models_cache_dir
+    from tpworker.config.settings import models_cache_dir
+    from tpworker.models import default_model
 
     original, padded = default_model.ensure_built(models_cache_dir())
     return {"original": original, "padded": padded}

@@ -18,12 +18,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tpworker.config.logs import configure_logging
+from tpworker.config.settings import SettingsError, load_settings
 from tpworker.errors import StartRefused
-from tpworker.settings import SettingsError, load_settings
 
 log = logging.getLogger("tpworker")
 
-_worker = None
+_worker = None  # the worker handler.handler() sends jobs to
 
 
 def current_worker():
@@ -32,31 +33,11 @@ def current_worker():
     return _worker
 
 
-class RedactSecrets(logging.Filter):
-    """Replaces the value of any secret variable (HF_TOKEN, RUNPOD_AI_API_KEY, ...) in a log line
-    with ***: a last line of defence should a library put one in a message."""
-
-    def __init__(self, secrets: list[str]):
-        super().__init__()
-        self.secrets = secrets
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            if any(secret in message for secret in self.secrets):
-                for secret in self.secrets:
-                    message = message.replace(secret, "***")
-                record.msg, record.args = message, None
-        return True
-
-
-def configure_logging() -> None:
-    from tpworker.settings import secret_values
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    redact = RedactSecrets(secret_values())
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(redact)
+def set_current_worker(worker) -> None:
+    """The worker handler.handler() sends jobs to (None: none). Set by main() once the worker has
+    started; the benchmark and the tests set theirs, started the same way (startup.start)."""
+    global _worker
+    _worker = worker
 
 
 def _local_job(argv: list[str], handler_dir: Path, on_runpod: bool) -> dict | None:
@@ -90,8 +71,8 @@ def _local_job(argv: list[str], handler_dir: Path, on_runpod: bool) -> dict | No
 
 def _refusal(job: dict, settings) -> dict | None:
     """The error output the handler would give this job before generating, if any."""
-    from tpworker.jobs import JobError, parse_job
-    from tpworker.worker import batch_policy, limits
+    from tpworker.serving.jobs import JobError, parse_job
+    from tpworker.serving.worker import batch_policy, limits
 
     try:
         parse_job(job, default_batching=batch_policy(settings.worker), limits=limits(settings.worker))
@@ -102,36 +83,25 @@ def _refusal(job: dict, settings) -> dict | None:
 
 def main(handler: Callable, handler_file: str) -> int:
     """Entry point of handler.py. Returns the process exit status."""
-    global _worker
-    configure_logging()
+    configure_logging()  # before anything logs: secrets redacted from the first line
     try:
         settings = load_settings()
         local_job = _local_job(sys.argv[1:], Path(handler_file).resolve().parent, settings.on_runpod)
-        from tpworker import startup
+        from tpworker.startup.layout import plan_layout
+        from tpworker.startup.plan import plan_start
+        from tpworker.startup.start import start_worker
 
-        plan = startup.plan_start(settings)  # no vLLM import yet: a bad plan costs seconds
+        layout = plan_layout(settings)  # no vLLM import yet: a bad plan costs seconds
         if local_job is not None and (refusal := _refusal(local_job, settings)):
             # A malformed local job fails before the engine starts, with the handler's error.
             print(f"--- job: {json.dumps(local_job)}\n--- job failed: {json.dumps(refusal['error'])}", flush=True)
             return 1
-        startup.add_engine_args(settings, plan)
-        startup.run_preflight(settings, plan)
-        log.info("Settings: %s", settings.shown())
-        from tpworker.engine import Engine
-        from tpworker.worker import build_worker
-
-        engine = Engine.start(plan.engine_args, plan.environment)
+        started = start_worker(settings, plan_start(settings, layout))
     except StartRefused as e:
         for line in str(e).splitlines():
             log.error("Cannot start: %s", line)
         return 2
-    _worker = build_worker(
-        engine, settings.worker, plan.engine_args["model"], plan.engine_args["served_model_name"], plan.openai_options
-    )
-    from tpworker.watchdog import Watchdog
-
-    watchdog = Watchdog(engine, _worker, settings.worker.engine_stall_timeout)
-    watchdog.start()
+    set_current_worker(started.worker)
     try:
         if local_job is not None:
             from tpworker.local_run import run_local_job
@@ -139,18 +109,21 @@ def main(handler: Callable, handler_file: str) -> int:
             return asyncio.run(run_local_job(handler, local_job))
         import runpod
 
-        from tpworker import jobloop
+        from tpworker.serving import jobloop
 
-        jobloop.install()  # RunPod's job loop, without its 100 ms poll and 1 s sleeps (jobloop.py)
+        # RunPod's job loop, without its 100 ms poll and 1 s sleeps (jobloop.py); the worker's own
+        # start-of-loop work (SIGTERM chained onto the SDK's handler, the OpenAI layer's build) runs
+        # once the loop has started.
+        jobloop.install(on_loop_start=started.worker.loop_started)
         runpod.serverless.start(
             {
                 "handler": handler,
-                "concurrency_modifier": _worker.concurrency,
+                "concurrency_modifier": started.worker.concurrency,
                 "return_aggregate_stream": True,
             }
         )
         log.info("The job loop has stopped; shutting down.")
         return 0
     finally:
-        watchdog.stop()  # the engine's processes are about to exit on purpose
-        _worker.close()
+        set_current_worker(None)
+        started.close()

@@ -6,10 +6,12 @@ import argparse
 import json
 import sys
 
+from tpworker.config.logs import COMMAND_FORMAT, SERVICE_FORMAT, configure_logging
+
 
 def _plan(args: argparse.Namespace) -> int:
-    from tpworker import hardware, planner
-    from tpworker.settings import load_settings
+    from tpworker.config.settings import load_settings
+    from tpworker.planning import hardware, planner
 
     gpus = hardware.visible_gpus(load_settings().cuda_visible_devices)
     count = args.gpus or len(gpus) or 8
@@ -35,13 +37,11 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    import logging
     from pathlib import Path
 
-    from tpworker import download, manifest
-    from tpworker.settings import load_settings
+    from tpworker.config.settings import load_settings
+    from tpworker.models import download, manifest
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Default: the model beside the manifest the worker reads (MODEL_MANIFEST, /models/...).
     if args.manifest:
         manifest_file = Path(args.manifest)
@@ -72,11 +72,9 @@ def _download(args: argparse.Namespace) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
-    from tpworker import devserver
+    from tpworker.dev import server as devserver
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         handler = devserver.find_handler(args.handler)
     except FileNotFoundError as e:
@@ -166,7 +164,7 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("--no-restart", action="store_true", help="do not start a new worker when it exits")
     dev.set_defaults(run=_dev)
 
-    from tpworker import cluster
+    from tpworker.cluster import command as cluster
 
     cluster.add_commands(commands)
 
@@ -185,12 +183,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tpworker import cluster
+    from tpworker.cluster import command as cluster
 
     argv, ray_args = cluster.split_ray_args(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     if ray_args:
         args.ray_args = ray_args
+    # Once, for every command, secrets redacted: commands that report and exit log plain lines.
+    configure_logging(COMMAND_FORMAT if args.command in ("plan", "download") else SERVICE_FORMAT)
     return args.run(args)
 
 

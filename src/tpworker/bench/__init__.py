@@ -7,7 +7,7 @@ metrics.py   request timings -> figures (tokens/s, TTFT, ITL, latency), median/m
 machine.py   what the result was measured on (CPU, GPUs, load)
 run.py       the whole run: one phase process after another, progress, targets
 results.py   a phase's events -> results per TP size, summaries and ratios to raw
-targets.py   the targets checked (issue 7) and the TP scaling of weight memory
+targets.py   the targets checked and the TP scaling of weight memory
 options.py   the command-line options
 report.py    terminal table, JSON, Markdown and the PNG chart
 """

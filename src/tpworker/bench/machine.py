@@ -35,8 +35,8 @@ def _commit(root: Path) -> str | None:
 def describe(root: Path) -> dict:
     import psutil
 
-    from tpworker import hardware
-    from tpworker.settings import cuda_visible_devices
+    from tpworker.config.settings import cuda_visible_devices
+    from tpworker.planning import hardware
 
     gpus = hardware.visible_gpus(cuda_visible_devices())
     return {

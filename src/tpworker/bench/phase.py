@@ -72,19 +72,14 @@ def start_worker(spec: dict):
     and handler.py's own handler function in front of it."""
     import importlib.util
 
-    from tpworker import app, startup
-    from tpworker.engine import Engine
-    from tpworker.settings import load_settings
-    from tpworker.worker import build_worker
+    from tpworker import app
+    from tpworker.config.settings import load_settings
+    from tpworker.startup.plan import plan_start
+    from tpworker.startup.start import start_worker
 
     settings = load_settings()
-    plan = startup.add_engine_args(settings, startup.plan_start(settings))
-    startup.run_preflight(settings, plan)
-    engine = Engine.start(plan.engine_args, plan.environment)
-    worker = build_worker(
-        engine, settings.worker, plan.engine_args["model"], plan.engine_args["served_model_name"], plan.openai_options
-    )
-    app._worker = worker  # what handler.py's __main__ sets up before RunPod's loop calls handler()
+    worker = start_worker(settings, plan_start(settings), watched=False).worker
+    app.set_current_worker(worker)  # what handler.py's main() does before RunPod's loop calls handler()
     loader = importlib.util.spec_from_file_location("tpworker_bench_handler", spec["handler"])
     module = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(module)
@@ -249,9 +244,9 @@ async def measure(
         cold["cold_start_s"] = wall(timing.first) - worker_started_at(server)
     events.emit("cold", **cold)
     if llm is not None:
-        from tpworker import vllm_bridge
+        from tpworker.vllm_bridge import weights_probe
 
-        events.emit("weights", ranks=await vllm_bridge.weights_memory_per_rank(llm))
+        events.emit("weights", ranks=await weights_probe.weights_memory_per_rank(llm))
     top = max(workload.concurrency)
     for name, runner in runners.items():
         for w in range(workload.warmup):

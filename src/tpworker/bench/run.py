@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def bench_environment(options: argparse.Namespace, tp: int) -> dict[str, str]:
     """The worker's environment for one TP size: the caller's, plus what the benchmark needs."""
-    from tpworker import hardware, vllm_bridge
+    from tpworker.planning import hardware
+    from tpworker.vllm_bridge import weights_probe
 
     env = dict(os.environ)
     if options.model:
@@ -41,25 +42,24 @@ def bench_environment(options: argparse.Namespace, tp: int) -> dict[str, str]:
     env["TENSOR_PARALLEL_SIZE"] = str(tp)
     env["MAX_CONCURRENCY"] = str(max_concurrency(options))
     # Lets the phases read each rank's weight memory (on CPU also measure it: vLLM's GPU workers do).
-    env["WORKER_EXTENSION_CLS"] = vllm_bridge.WEIGHTS_PROBE
+    env["WORKER_EXTENSION_CLS"] = weights_probe.WEIGHTS_PROBE
     if not hardware.visible_gpus(env.get("CUDA_VISIBLE_DEVICES")):
-        env["WORKER_CLS"] = vllm_bridge.MEASURED_CPU_WORKER
+        env["WORKER_CLS"] = weights_probe.MEASURED_CPU_WORKER
     return env
 
 
 def max_concurrency(options: argparse.Namespace) -> int:
     """Every request of a round must run at once, also through RunPod's job loop: the highest level
-    (tpworker.jobloop fills every slot; runpod 1.10's own loop needed about twice that)."""
+    (tpworker.serving.jobloop fills every slot; runpod 1.10's own loop needed about twice that)."""
     return options.max_concurrency or max(options.concurrency)
 
 
 def plan_engine(env: dict[str, str]):
     """The engine arguments and environment the worker would start with (imports vLLM)."""
-    from tpworker import startup
-    from tpworker.settings import load_settings
+    from tpworker.config.settings import load_settings
+    from tpworker.startup.plan import plan_start
 
-    settings = load_settings(env)
-    return startup.add_engine_args(settings, startup.plan_start(settings))
+    return plan_start(load_settings(env))
 
 
 def warm_page_cache(model: str) -> None:
@@ -239,7 +239,7 @@ def main(options: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tpworker import devserver
+    from tpworker.dev import server as devserver
     from tpworker.errors import StartRefused
 
     # Piped output (CI, logs) gets room for the whole table instead of rich's 80 columns.

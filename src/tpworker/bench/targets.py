@@ -1,4 +1,4 @@
-"""The targets a result is checked against (issue 7), each with its measured value and margin.
+"""The targets a result is checked against (the README's "Benchmark" section), each with its measured value and margin.
 
 - handler (in process, native and OpenAI): >= 0.98 of the raw engine's tokens/s at concurrency
   8 and 32, and <= 5 ms more median time to first token (at every level, streamed runs), both
@@ -7,7 +7,7 @@
   (shown with the between-process spread of the same engine, see `between_processes`);
 - cold start (process start -> first token) within 2 s of the raw engine's;
 - tensor parallelism: each rank's weight memory at TP=n <= 0.55 x (m/n)/0.5 of TP=m's, m the
-  smallest size measured (at TP=2 vs 1: <= 0.55, the seed's "memory scales linearly").
+  smallest size measured (at TP=2 vs 1: <= 0.55, "memory per GPU scales linearly").
 """
 
 from __future__ import annotations

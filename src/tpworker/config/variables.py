@@ -1,0 +1,171 @@
+"""The variables the worker reads: the worker's own settings (WorkerSettings, validated by pydantic),
+worker-vllm's aliases, the other variables it or its libraries read, and which ones are secrets.
+Plain data and names only: reading the environment is settings.py's job."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Variables read besides WorkerSettings and the engine arguments, with what they do.
+OTHER_VARIABLES = {
+    "HF_TOKEN": "Hugging Face token for gated or private models (read by huggingface_hub; never logged).",
+    "CUDA_VISIBLE_DEVICES": "Which GPUs the worker sees (RunPod sets it); TENSOR_PARALLEL_SIZE=auto uses them all.",
+    "VLLM_CPU_OMP_THREADS_BIND": "No GPU: cores of each rank, e.g. 0-3|4-7. "
+    "Default: the worker splits the cores evenly.",
+    "VLLM_CPU_KVCACHE_SPACE": "No GPU: KV cache GiB per rank. Default: 2.",
+    "TPWORKER_CACHE_DIR": "Where the default model is built (default: $XDG_CACHE_HOME/tpworker or ~/.cache/tpworker).",
+    "RUNPOD_WEBHOOK_GET_JOB": "Set by RunPod: with it, handler.py runs RunPod's job loop instead of a local test.",
+    "RAY_ADDRESS": "DISTRIBUTED_EXECUTOR_BACKEND=ray: the Ray cluster's head, host:port (`tpworker cluster head` sets "
+    "it for the worker). Unset: the cluster started on this machine by `ray start`.",
+    "VLLM_PP_LAYER_PARTITION": "Layers of each pipeline stage, e.g. 31,32,32,31 (read by vLLM; checked at start). "
+    "Default: vLLM's even split, the extra layers going to the stages before the last.",
+    "NCCL_SOCKET_IFNAME": "`tpworker cluster`: the network interface NCCL uses between nodes. Default: the "
+    "interface holding this node's cluster address (ens1 on RunPod Instant Clusters).",
+    "GLOO_SOCKET_IFNAME": "`tpworker cluster`: the interface gloo uses between nodes. Default: as NCCL_SOCKET_IFNAME.",
+    "NODE_ADDR": "`tpworker cluster`: this node's address on the cluster network (RunPod Instant Clusters set it).",
+    "NUM_NODES": "`tpworker cluster head`: nodes to wait for (RunPod Instant Clusters set it). "
+    "Default: PIPELINE_PARALLEL_SIZE.",
+    "RAY_AUTH_TOKEN": "`tpworker cluster`: a secret, the same on every node: the Ray cluster then requires it "
+    "(read by Ray; never logged). Unset: the cluster runs without token authentication (with a warning).",
+    "RAY_AUTH_MODE": "Ray's authentication mode (token or disabled), if you set it yourself; `tpworker cluster` "
+    "otherwise sets it from RAY_AUTH_TOKEN.",
+    "RUNPOD_AI_API_KEY": "Set by RunPod: the job loop's credential (read by the RunPod SDK; never logged).",
+    "HF_HUB_OFFLINE": "1: never contact the Hugging Face hub (a model must be baked, cached or a folder). "
+    "The worker sets it for vLLM when it serves a baked or cached model.",
+    "HF_ENDPOINT": "The Hugging Face hub's address, for a mirror (default: https://huggingface.co).",
+}
+# Variables whose values never reach a log line or an error.
+SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
+
+# worker-vllm's names for engine arguments; each is an alternative to the vLLM name.
+ALIASES = {
+    "MODEL_NAME": "model",
+    "MODEL_REVISION": "revision",
+    "TOKENIZER_NAME": "tokenizer",
+}  # (worker-vllm's TOKENIZER_REVISION is already vLLM's own name)
+# worker-vllm's names for options of vLLM's OpenAI frontend.
+VLLM_ALIASES = {
+    "CUSTOM_CHAT_TEMPLATE": "chat_template",
+    "OPENAI_RESPONSE_ROLE": "response_role",
+}
+
+
+class WorkerSettings(BaseModel):
+    """Read from the variable named as the field in upper case (and the aliases above)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = Field(
+        None,
+        description="Hugging Face id or local folder of the model. Unset on a "
+        "machine with no GPU: the embedded SmolLM2-135M-Instruct.",
+    )
+    revision: str | None = Field(None, description="Model revision: branch, tag or commit.")
+    tokenizer: str | None = Field(None, description="Tokenizer id or folder, if not the model's.")
+    tokenizer_revision: str | None = Field(None, description="Tokenizer revision.")
+    tensor_parallel_size: int | Literal["auto"] = Field(
+        "auto",
+        description="GPUs the model is split across, or auto: every visible GPU when that is a valid "
+        "size for the model, else the largest valid size below it; 1 with no GPU.",
+    )
+    pipeline_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Pipeline stages: the model's layers split in this many groups, one after another "
+        "(across nodes on Ray). Each stage has TENSOR_PARALLEL_SIZE GPUs.",
+    )
+    # Read before vLLM is imported: the plan at start checks the layout against the Ray cluster.
+    distributed_executor_backend: Literal["mp", "ray"] | None = Field(
+        None,
+        description="How vLLM starts its ranks: mp (processes on this machine; the default) or ray "
+        "(on the nodes of a Ray cluster, see `tpworker cluster`): TP x PP may then exceed this node's GPUs.",
+    )
+    max_concurrency: int = Field(30, ge=1, description="Jobs one worker runs at the same time.")
+    default_batch_size: int = Field(
+        50, ge=1, description="Most tokens in one streamed chunk (per job: `max_batch_size`)."
+    )
+    min_batch_size: int = Field(1, ge=1, description="Tokens in the first streamed chunk (per job: `min_batch_size`).")
+    batch_size_growth_factor: float = Field(
+        3, ge=1, description="Each streamed chunk may hold this many times more tokens than the last."
+    )
+    default_max_tokens: int = Field(
+        1024, ge=1, description="`max_tokens` of a native job that does not set it (cut to fit the context)."
+    )
+    max_n: int = Field(16, ge=1, description="Largest `n` (choices per job) accepted.")
+    # Limits on what one job may ask for; a job over one is refused, naming the limit.
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="Most prompt tokens one job may send (default: the context, MAX_MODEL_LEN)."
+    )
+    max_output_tokens: int | None = Field(
+        None, ge=1, description="Largest `max_tokens` one job may ask for (default: the context, MAX_MODEL_LEN)."
+    )
+    max_request_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest job input accepted, in bytes of JSON (default 10 MiB)."
+    )
+    # Failure handling: see RELIABILITY.md.
+    engine_stall_timeout: float = Field(
+        120,
+        ge=5,
+        description="Seconds the engine may produce nothing while requests are in flight before "
+        "the worker fails those jobs and exits, so that RunPod replaces it (its first step after start, which "
+        "may compile, gets at least 120 s).",
+    )
+    shutdown_grace_seconds: float = Field(
+        30,
+        ge=0,
+        description="On SIGTERM, seconds in-flight jobs get to finish before they end with an error.",
+    )
+    raw_openai_output: bool = Field(
+        True, description="OpenAI streams yield SSE text (`data: {...}`); false: lists of parsed chunk objects."
+    )
+    openai_served_model_name_override: str | None = Field(
+        None, description="The model name clients use (default: the model's name)."
+    )
+    # Where the model comes from when it is not a local folder (resolve.py).
+    model_manifest: str = Field(
+        "/models/tpworker-manifest.json",
+        description="The manifest `tpworker download` wrote beside a baked model. When it exists and "
+        "MODEL_NAME is unset or names the same model, the worker serves that copy, offline.",
+    )
+    base_path: str = Field(
+        "/runpod-volume",
+        description="Where a RunPod network volume is mounted. A model not baked into the image is looked "
+        "up in its huggingface-cache/hub folder (RunPod's cached models, names in any case) and "
+        "downloaded there when missing.",
+    )
+
+    @property
+    def tensor_parallel_auto(self) -> bool:
+        return self.tensor_parallel_size == "auto"
+
+
+def variable_name(field_name: str) -> str:
+    return field_name.upper()
+
+
+def vllm_variables(name: str) -> list[str]:
+    return [variable_name(name)] + [a for a, field in VLLM_ALIASES.items() if field == name]
+
+
+def variables_for(field_name: str) -> list[str]:
+    """Every variable that sets a field: its own name first, then aliases."""
+    return [variable_name(field_name)] + [a for a, f in ALIASES.items() if f == field_name]
+
+
+def is_secret(variable: str) -> bool:
+    return any(marker in variable.upper() for marker in SECRET_MARKERS)
+
+
+def masked(variable: str, value: str) -> str:
+    return "***" if is_secret(variable) and value else value
+
+
+# Defaults with no GPU, where the user has not chosen (startup.engine_args applies them; README says why).
+# vLLM's CPU kernels for bfloat16 differ between processors (oneDNN picks AVX-512 BF16 on one, AMX on
+# another) and round differently; on a near tie of the first token that changes the greedy answer (README,
+# "Known issues"). float32 gives the same tokens on every x86-64 CPU the tests have run on.
+CPU_DTYPE = "float32"
+# Otherwise vLLM's CPU build reserves GPU_MEMORY_UTILIZATION (92%) of the machine's memory.
+CPU_KV_CACHE_BYTES = 2 * 1024**3

@@ -1,0 +1,150 @@
+"""RunPod's endpoint API as clients see it (/run, /runsync, /stream, /status, /cancel, /health,
+/purge-queue), and the OpenAI routes of RunPod's gateway (/openai/v1/...), over the dev endpoint's jobs."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from tpworker.dev.jobs import FINAL, RUNSYNC_WAIT_SECONDS, STREAM_WAIT_SECONDS, DevEndpoint, Job, openai_error
+
+
+class Refused(Exception):
+    """A client request the endpoint refuses: answered with `status` and {"error": message}, as RunPod does."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def refused_response(_request: Request, error: Refused) -> JSONResponse:
+    return JSONResponse({"error": error.message}, status_code=error.status)
+
+
+def client_router(endpoint: DevEndpoint, worker_running) -> APIRouter:
+    """RunPod's endpoint API, as clients see it."""
+    api = APIRouter()
+
+    def job_or_404(job_id: str) -> Job:
+        job = endpoint.jobs.get(job_id)
+        if job is None:
+            raise Refused(404, f"job {job_id} not found")
+        return job
+
+    async def submitted(request: Request) -> Job:
+        try:
+            body = await request.json()
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's parser goes
+            raise Refused(400, "The request body is not JSON (or is nested too deeply).") from None
+        if not isinstance(body, dict) or "input" not in body:
+            raise Refused(400, "The request needs an 'input'.")
+        if body.get("webhook"):
+            raise Refused(400, "tpworker dev does not call webhooks; poll /status or /stream.")
+        return endpoint.submit(body["input"], body.get("policy"))
+
+    @api.post("/run")
+    async def run(request: Request):
+        job = await submitted(request)
+        return {"id": job.id, "status": job.status}
+
+    @api.post("/runsync")
+    async def runsync(request: Request, wait: int | None = None):
+        job = await submitted(request)
+        await endpoint.wait(job, (wait / 1000) if wait else RUNSYNC_WAIT_SECONDS)
+        return job.view()
+
+    @api.get("/status/{job_id}")
+    async def status(job_id: str):
+        return job_or_404(job_id).view()
+
+    @api.get("/stream/{job_id}")
+    async def stream(job_id: str):
+        job = job_or_404(job_id)
+        await endpoint.wait(job, STREAM_WAIT_SECONDS, for_chunk=True)
+        new = job.chunks[job.streamed :]
+        job.streamed += len(new)
+        shown = job.view(with_output=False)
+        shown["stream"] = [{"output": chunk} for chunk in new]
+        return shown
+
+    @api.post("/cancel/{job_id}")
+    async def cancel(job_id: str):
+        job = job_or_404(job_id)
+        endpoint.stop(job, "CANCELLED")
+        return {"id": job.id, "status": job.status}
+
+    @api.get("/health")
+    async def health():
+        return endpoint.health(worker_running())
+
+    @api.post("/purge-queue")
+    async def purge_queue():
+        removed = 0
+        while endpoint.queue:
+            endpoint.finish(endpoint.jobs[endpoint.queue.popleft()], "CANCELLED")
+            removed += 1
+        return {"removed": removed, "status": "completed"}
+
+    async def openai(route: str, body: dict) -> Response:
+        job = endpoint.submit({"openai_route": route, "openai_input": body})
+        if body.get("stream") is True:
+            await endpoint.wait(job, RUNSYNC_WAIT_SECONDS, for_chunk=True)
+            if job.status in FINAL and not job.chunks:
+                error, code = openai_error(job)
+                return JSONResponse(error, status_code=code)
+            return StreamingResponse(_sse(endpoint, job), media_type="text/event-stream")
+        await endpoint.wait(job, 3600)
+        if job.status != "COMPLETED":
+            error, code = openai_error(job)
+            return JSONResponse(error, status_code=code)
+        output = job.output[0] if isinstance(job.output, list) and job.output else job.output
+        return JSONResponse(output)
+
+    @api.get("/openai/v1/models")
+    async def models():
+        return await openai("/v1/models", {})
+
+    for route in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):
+
+        async def call(request: Request, route: str = route):
+            try:
+                body = await request.json()
+            except (ValueError, RecursionError):
+                body = None
+            if not isinstance(body, dict):
+                return JSONResponse(
+                    {
+                        "error": {
+                            "message": "The request body must be a JSON object (valid UTF-8 JSON).",
+                            "type": "BadRequestError",
+                            "param": None,
+                            "code": 400,
+                        }
+                    },
+                    status_code=400,
+                )
+            return await openai(route, body)
+
+        api.add_api_route(f"/openai{route}", call, methods=["POST"])
+    return api
+
+
+async def _sse(endpoint: DevEndpoint, job: Job):
+    """A job's chunks as one SSE stream, as they arrive; the stream ends with the job."""
+    while True:
+        await endpoint.wait(job, 3600, for_chunk=True)
+        new = job.chunks[job.streamed :]
+        job.streamed += len(new)
+        for chunk in new:
+            if isinstance(chunk, str):
+                yield chunk
+            else:  # RAW_OPENAI_OUTPUT=false: a list of chunk objects
+                for item in chunk if isinstance(chunk, list) else [chunk]:
+                    yield f"data: {json.dumps(item)}\n\n"
+        if job.status in FINAL and job.streamed >= len(job.chunks):
+            if job.status != "COMPLETED":
+                error, _ = openai_error(job)
+                yield f"data: {json.dumps(error)}\n\n"
+            return

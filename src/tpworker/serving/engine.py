@@ -1,0 +1,182 @@
+"""The vLLM engine of this worker process: one AsyncLLM, started once, shared by every job."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import psutil
+from vllm import AsyncEngineArgs, SamplingParams
+
+from tpworker.errors import StartRefused
+from tpworker.vllm_bridge import async_engine, prompts
+
+log = logging.getLogger(__name__)
+
+
+class EngineStartError(StartRefused):
+    """vLLM refused the configuration or could not load the model."""
+
+
+@contextmanager
+def _environment(variables: Mapping[str, str]):
+    """Set variables for the engine's processes while they spawn, then restore ours."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class _Steps:
+    """When the engine core last reported a step, and how many it has reported (read by the
+    watchdog's thread)."""
+
+    def __init__(self):
+        self.last = time.monotonic()
+        self.reported = 0
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+    def report(self) -> None:
+        self.reported += 1
+        self.touch()
+
+
+def _engine_processes() -> dict[psutil.Process, str]:
+    """vLLM's processes under this one, with their names: the engine core and, with TP/PP > 1 on
+    one node, a process per rank (vLLM names them VLLM::EngineCore, VLLM::Worker_TP0, ...)."""
+    found = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if (name := child.name()).startswith("VLLM::"):
+                found[child] = name
+        except psutil.Error:
+            pass
+    return found
+
+
+class Engine:
+    def __init__(
+        self,
+        llm,
+        max_model_len: int,
+        tensor_parallel_size: int,
+        pipeline_parallel_size: int,
+        steps: _Steps | None = None,
+    ):
+        self._llm = llm
+        self.max_model_len = max_model_len
+        self.tensor_parallel_size = tensor_parallel_size
+        self.pipeline_parallel_size = pipeline_parallel_size
+        self._steps = steps or _Steps()
+        self.processes = _engine_processes()
+
+    @classmethod
+    def start(cls, engine_args: Mapping[str, Any], environment: Mapping[str, str] | None = None) -> Engine:
+        """Start vLLM: validate the configuration, spawn the engine core and its ranks, load the
+        weights. `environment` holds variables vLLM's processes must see (set before they spawn).
+        Call from the main process, behind an `if __name__ == "__main__"` guard."""
+        args = AsyncEngineArgs(**engine_args)
+        began = time.perf_counter()
+        try:
+            config = async_engine.create_engine_config(args)
+        except Exception as e:  # vLLM raises ValueError, pydantic errors, OSError, ...
+            raise EngineStartError(f"vLLM refused the engine configuration: {' '.join(str(e).split())}") from e
+        steps = _Steps()
+        try:
+            with _environment(environment or {}):
+                llm = async_engine.start_async_llm(config, args, on_engine_step=steps.report)
+        except Exception as e:
+            raise EngineStartError(
+                f"vLLM could not start the engine ({' '.join(str(e).split())}); the cause is in vLLM's log lines above."
+            ) from e
+        log.info("vLLM engine ready in %.1f s", time.perf_counter() - began)
+        parallel = config.parallel_config
+        return cls(
+            llm,
+            config.model_config.max_model_len,
+            parallel.tensor_parallel_size,
+            parallel.pipeline_parallel_size,
+            steps,
+        )
+
+    @property
+    def llm(self):
+        """The AsyncLLM itself, for vLLM's OpenAI serving layer (vllm_bridge.openai_server.OpenAIServer)."""
+        return self._llm
+
+    async def render_chat(self, messages: list[dict], chat_template: str | None, template_kwargs: dict) -> dict:
+        return await prompts.render_chat(self._llm, messages, chat_template, template_kwargs, self.max_model_len)
+
+    async def render_text(self, prompt: str) -> dict:
+        return await prompts.render_text(self._llm, prompt, self.max_model_len)
+
+    def generate(self, engine_input: dict, params: SamplingParams, request_id: str) -> AsyncIterator:
+        """RequestOutputs as the engine produces them. Closing or cancelling the iteration aborts
+        the request in the engine."""
+        return self._llm.generate(engine_input, params, request_id)
+
+    async def abort(self, request_id: str) -> None:
+        await self._llm.abort(request_id)
+
+    def unfinished_requests(self) -> int:
+        return self._llm.get_num_unfinished_requests()
+
+    @property
+    def dead(self) -> bool:
+        return self._llm is None or self._llm.errored
+
+    # ---- health, read by the watchdog from its own thread
+
+    def lost_processes(self) -> list[str]:
+        """vLLM processes started with the engine that have since exited: '<name> (pid N)'."""
+        lost = []
+        for process, name in self.processes.items():
+            try:
+                gone = not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                gone = True
+            if gone:
+                lost.append(f"{name} (pid {process.pid})")
+        return lost
+
+    @property
+    def has_stepped(self) -> bool:
+        """The engine core has reported a step since it started."""
+        return self._steps.reported > 0
+
+    def seconds_without_progress(self) -> float:
+        """How long requests have been in flight with no engine step; 0 when idle."""
+        if self._llm is None or self.unfinished_requests() == 0:
+            self._steps.touch()  # an idle engine is not stalled; the clock starts with the next request
+            return 0.0
+        return time.monotonic() - self._steps.last
+
+    def kill_processes(self) -> None:
+        """SIGKILL vLLM's processes (the engine core and every rank): for an engine that is dead or
+        hung, where a clean shutdown would wait on it."""
+        for process in {*self.processes, *_engine_processes()}:  # those started since, too
+            try:
+                process.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+
+    def shutdown(self) -> None:
+        """Stop the engine core and every rank. Idempotent."""
+        if self._llm is not None:
+            self._llm.shutdown()
+            # vLLM's AsyncLLM shuts down again when collected; let that happen now, not at
+            # interpreter exit when the modules it needs are gone.
+            self._llm = None

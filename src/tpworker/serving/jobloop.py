@@ -1,0 +1,154 @@
+"""RunPod's job loop without its sleeps on a job's path: the one module that touches runpod internals.
+
+runpod 1.10's JobScaler (runpod/serverless/modules/rp_scale.py) has four habits this worker cannot keep:
+- it looks at its job queue every 100 ms, so a taken job waits 0-100 ms before its handler starts
+  (`tpworker bench` measured this as most of the ~110 ms the RunPod path added to a lone request's
+  first token on CPU);
+- it counts a job waiting in that queue twice (queue + in progress), and when that count reaches the
+  concurrency it sleeps 1 s before taking more: slots stay empty while jobs wait at RunPod;
+- on a stop it ends its run loop as soon as its queue is empty, while a job take may still be open:
+  a job that take returns was taken from RunPod and is never run;
+- when a take fails (the API unreachable) it retries at once, logging an error each time, thousands
+  of times a second.
+
+`EventDrivenJobScaler` keeps the rest of the SDK's loop (its job take, stream and result posts, stop
+signals, heartbeat, SIGTERM drain) and replaces its two loops: a job starts as soon as it is queued, a
+slot is refilled as soon as a job ends, the run loop lasts until the last take has ended, and failed
+takes back off. runpod is pinned (pyproject), and tests/test_jobloop.py fails if the SDK's methods
+this replaces change shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from runpod.http_client import TooManyRequests
+from runpod.serverless.modules import rp_scale
+
+log = logging.getLogger(__name__)
+
+FAILED_TAKE_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # after 1, 2, ... failed takes in a row
+TOO_MANY_REQUESTS_BACKOFF_S = 5.0  # the SDK's own debounce
+BACKSTOP_S = 1.0  # the loops re-check this often even when no event came (they never rely on it)
+
+_on_loop_start: Callable[[], None] | None = None  # set by install()
+
+
+class EventDrivenJobScaler(rp_scale.JobScaler):
+    def __init__(self, config):
+        super().__init__(config)
+        self._job_queued = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._taking = True  # get_jobs may still return jobs (a take can end after the stop)
+
+    async def run(self):
+        self._loop = asyncio.get_running_loop()
+        if _on_loop_start is not None:
+            _on_loop_start()
+        await super().run()
+
+    def kill_worker(self):
+        super().kill_worker()
+        # Called from the SIGTERM handler, between two steps of the loop: wake both loops from the
+        # loop itself, so that they see the shutdown now rather than at their backstop.
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self):
+        self._job_queued.set()
+        self._slot_freed.set()
+
+    def jobs_held(self) -> int:
+        """Jobs taken and not finished. The SDK adds a job to job_progress when it queues it, so
+        this count already includes the queue (the SDK's current_occupancy adds the queue again)."""
+        return self.job_progress.get_job_count()
+
+    async def get_jobs(self, session):
+        try:
+            await self._take_jobs(session)
+        finally:
+            self._taking = False
+            self._job_queued.set()
+
+    async def _take_jobs(self, session):
+        failed_takes = 0
+        while self.is_alive():
+            await self.set_scale()
+            self._slot_freed.clear()
+            jobs_needed = self.current_concurrency - self.jobs_held()
+            if jobs_needed <= 0:
+                await _wait(self._slot_freed, BACKSTOP_S)
+                continue
+            try:
+                jobs = await asyncio.wait_for(
+                    self.jobs_fetcher(session, jobs_needed), timeout=self.jobs_fetcher_timeout
+                )
+                failed_takes = 0
+            except TooManyRequests:
+                await _wait(self._shutdown_event, TOO_MANY_REQUESTS_BACKOFF_S)
+                continue
+            except TimeoutError:
+                continue  # the long poll ended with no job
+            except Exception as error:  # the SDK logs and retries; so do we, after a pause
+                delay = FAILED_TAKE_BACKOFF_S[min(failed_takes, len(FAILED_TAKE_BACKOFF_S) - 1)]
+                failed_takes += 1
+                if failed_takes == 1 or delay == FAILED_TAKE_BACKOFF_S[-1]:
+                    log.error("Taking a job failed (%s: %s); retrying in %.1f s.", type(error).__name__, error, delay)
+                await _wait(self._shutdown_event, delay)
+                continue
+            for job in jobs or ():
+                await self.jobs_queue.put(job)
+                self.job_progress.add(job)
+            if jobs:
+                self._job_queued.set()
+
+    async def run_jobs(self, session):
+        running: set[asyncio.Task] = set()
+        # Until the last take has ended: a job it returns after a stop was taken from RunPod and is
+        # run, not dropped (the SDK's loop stops as soon as its queue is empty).
+        while self._taking or not self.jobs_queue.empty():
+            self._job_queued.clear()
+            while len(running) < self.current_concurrency and not self.jobs_queue.empty():
+                job = self.jobs_queue.get_nowait()
+                task = asyncio.create_task(self.handle_job(session, job))
+                running.add(task)
+                self.jobs_tasks[job["id"]] = task
+            if not self._taking and self.jobs_queue.empty():
+                break
+            queued = asyncio.ensure_future(self._job_queued.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    running | {queued}, timeout=BACKSTOP_S, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                queued.cancel()
+            running -= done
+        # Shutdown: let the jobs in flight finish (the worker's SIGTERM grace bounds them), as the SDK does.
+        for result in await asyncio.gather(*running, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.error("A job failed while the worker shut down: %s", result)
+
+    async def handle_job(self, session, job):
+        try:
+            await super().handle_job(session, job)
+        finally:
+            self._slot_freed.set()
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        pass
+
+
+def install(on_loop_start: Callable[[], None] | None = None) -> None:
+    """Make runpod.serverless.start run EventDrivenJobScaler (its worker module builds
+    rp_scale.JobScaler by name when the loop starts). `on_loop_start()` is called inside the job
+    loop's event loop as it starts, after the SDK has installed its signal handlers."""
+    global _on_loop_start
+    _on_loop_start = on_loop_start
+    rp_scale.JobScaler = EventDrivenJobScaler

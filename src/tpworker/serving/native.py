@@ -1,0 +1,182 @@
+"""Native jobs: prompt or messages -> engine -> chunks in worker-vllm's output format.
+
+Each chunk: {"choices": [{"tokens": [str, ...], "finish_reason": str | None}, ...],
+             "usage": {"input": prompt tokens, "output": tokens generated so far, all choices}}
+Streaming: chunks of growing size (BatchPolicy). A choice's finish_reason is set from the chunk
+holding its last token on. Not streaming: one chunk, the whole text of each choice.
+When the job asks for `sampling_params.logprobs` (k), each choice also carries "logprobs": one
+entry per generated token, {"token", "token_id", "logprob", "top_logprobs": [k best, by rank]}.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from vllm.sampling_params import RequestOutputKind
+
+from tpworker.serving.engine import Engine
+from tpworker.serving.jobs import BatchPolicy, JobError, Limits, NativeRequest
+from tpworker.vllm_bridge import prompts, sampling
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """How messages become a prompt: the chat template (None: the model's own) and default
+    keyword arguments for it."""
+
+    template: str | None = None
+    template_kwargs: dict = field(default_factory=dict)
+
+
+class StreamBatcher:
+    """Collects text pieces per choice and says when a chunk is full.
+
+    RunPod posts every yielded chunk over HTTP before the handler resumes, so small chunks cost
+    latency per token; chunks start at `min_size` tokens (fast first token) and grow by
+    `growth_factor` per chunk up to `max_size`."""
+
+    def __init__(self, n: int, policy: BatchPolicy, with_logprobs: bool = False):
+        self.policy = policy
+        self.size = policy.min_size
+        self.tokens: list[list[str]] = [[] for _ in range(n)]
+        self.logprobs: list[list[dict]] | None = [[] for _ in range(n)] if with_logprobs else None
+        self.finish_reasons: list[str | None] = [None] * n
+        self.pending = 0  # tokens collected since the last chunk
+
+    def add(self, index: int, text: str, token_count: int, finish_reason: str | None, logprobs=()) -> None:
+        if text:  # an end-of-sequence token counts, but has no text to show
+            self.tokens[index].append(text)
+        if self.logprobs is not None:
+            self.logprobs[index].extend(logprobs)
+        self.pending += token_count
+        if finish_reason is not None:
+            self.finish_reasons[index] = finish_reason
+
+    @property
+    def full(self) -> bool:
+        return self.pending >= self.size
+
+    def take(self, usage: dict) -> dict:
+        choices = [
+            {"tokens": tokens, "finish_reason": reason}
+            for tokens, reason in zip(self.tokens, self.finish_reasons, strict=True)
+        ]
+        if self.logprobs is not None:
+            for choice, logprobs in zip(choices, self.logprobs, strict=True):
+                choice["logprobs"] = logprobs
+            self.logprobs = [[] for _ in self.logprobs]
+        chunk = {"choices": choices, "usage": usage}
+        self.tokens = [[] for _ in self.tokens]
+        self.pending = 0
+        # Kept fractional (as worker-vllm does) so that factors like 1.5 still grow.
+        self.size = min(self.size * self.policy.growth_factor, self.policy.max_size)
+        return chunk
+
+
+def token_logprobs(token_ids, logprobs, k: int) -> list[dict]:
+    """vLLM's per-position {token_id: Logprob} -> one plain entry per generated token."""
+    entries = []
+    for token_id, candidates in zip(token_ids, logprobs or [], strict=False):  # no logprobs asked: none
+        chosen = candidates[token_id]
+        best = sorted((c for c in candidates.items() if k < 0 or c[1].rank <= k), key=lambda c: c[1].rank)
+        entries.append(
+            {
+                "token": chosen.decoded_token,
+                "token_id": token_id,
+                "logprob": chosen.logprob,
+                "top_logprobs": [
+                    {"token": lp.decoded_token, "token_id": tid, "logprob": lp.logprob} for tid, lp in best
+                ],
+            }
+        )
+    return entries
+
+
+async def _engine_input(engine: Engine, request: NativeRequest, chat: ChatOptions) -> dict:
+    field = "messages" if request.messages is not None else "prompt"
+    try:
+        if request.messages is not None:
+            return await engine.render_chat(request.messages, chat.template, chat.template_kwargs)
+        return await engine.render_text(request.prompt)
+    except Exception as e:  # the template or the tokenizer refused the input
+        if sampling.as_invalid_parameter(e) or isinstance(e, (ValueError, TypeError, KeyError)):
+            raise JobError(f"{field}: {' '.join(str(e).split())}", param=field) from None
+        raise
+
+
+def _fit_max_tokens(request: NativeRequest, prompt_tokens: int, context: int, default: int) -> None:
+    """Refuse a max_tokens that cannot fit after the prompt; give a default one that does."""
+    room = context - prompt_tokens
+    field = "messages" if request.messages is not None else "prompt"
+    if room < 1:
+        raise JobError(
+            f"{field}: the prompt is {prompt_tokens} tokens, which leaves no room in the model's "
+            f"context of {context} tokens. Shorten it.",
+            param=field,
+        )
+    params = request.sampling_params
+    if params.max_tokens is None:
+        params.max_tokens = min(default, room)
+    elif params.max_tokens > room:
+        raise JobError(
+            f"sampling_params.max_tokens: {params.max_tokens} tokens after the prompt's {prompt_tokens} "
+            f"exceed the model's context of {context} tokens. Ask for at most {room}.",
+            param="sampling_params.max_tokens",
+        )
+
+
+async def generate(
+    engine: Engine,
+    request: NativeRequest,
+    *,
+    chat: ChatOptions,
+    default_max_tokens: int,
+    job_id: str,
+    limits: Limits | None = None,
+) -> AsyncIterator[dict]:
+    engine_input = await _engine_input(engine, request, chat)
+    prompt_tokens = len(prompts.prompt_token_ids(engine_input))
+    if limits and limits.max_prompt_tokens is not None and prompt_tokens > limits.max_prompt_tokens:
+        field = "messages" if request.messages is not None else "prompt"
+        raise JobError(
+            f"{field}: the prompt is {prompt_tokens} tokens, above this worker's limit of "
+            f"{limits.max_prompt_tokens} (MAX_PROMPT_TOKENS).",
+            param=field,
+        )
+    if limits and limits.max_output_tokens is not None:  # a default max_tokens stays under the limit
+        default_max_tokens = min(default_max_tokens, limits.max_output_tokens)
+    _fit_max_tokens(request, prompt_tokens, engine.max_model_len, default_max_tokens)
+    params = request.sampling_params
+    params.output_kind = RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY
+    batcher = StreamBatcher(params.n, request.batching, with_logprobs=params.logprobs is not None)
+    generated = 0
+    request_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
+    try:
+        # aclosing: when the job is cancelled or closed mid-stream, the engine request is aborted
+        # right away, not when the generator happens to be garbage-collected.
+        async with aclosing(engine.generate(engine_input, params, request_id)) as outputs:
+            async for output in outputs:
+                for choice in output.outputs:
+                    generated += len(choice.token_ids)
+                    logprobs = (
+                        token_logprobs(choice.token_ids, choice.logprobs, params.logprobs)
+                        if params.logprobs is not None
+                        else ()
+                    )
+                    batcher.add(choice.index, choice.text, len(choice.token_ids), choice.finish_reason, logprobs)
+                if request.stream and batcher.full and not output.finished:
+                    yield batcher.take({"input": prompt_tokens, "output": generated})
+    except Exception as e:
+        if invalid := sampling.as_invalid_parameter(e):  # e.g. logprobs above MAX_LOGPROBS
+            param = f"sampling_params.{invalid.parameter}" if invalid.parameter else None
+            if param is None and params.structured_outputs is not None and "rammar" in str(invalid):
+                param = "sampling_params.structured_outputs"  # a schema or grammar that does not compile
+            message = " ".join(str(invalid).split())
+            raise JobError(f"{param}: {message}" if param else message, param=param) from None
+        raise
+    if not request.stream:
+        batcher.tokens = [["".join(pieces)] for pieces in batcher.tokens]
+    yield batcher.take({"input": prompt_tokens, "output": generated})

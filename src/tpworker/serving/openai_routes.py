@@ -1,0 +1,113 @@
+"""OpenAI-form jobs on the worker's engine, through vLLM's own OpenAI serving layer.
+
+Non-streaming: one yield, the response object. Streaming: yields of whole SSE events
+(`data: {...}\\n\\n`), batched like native streams (few events first, then more per yield),
+the last one ending with `data: [DONE]\\n\\n` (chat and completions; the Responses API streams
+typed events without it, as vLLM's server does). Errors: OpenAI's error object, with its status
+in `code`, as the job's one output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from tpworker.serving.engine import Engine
+from tpworker.serving.jobs import BatchPolicy, JobError, Limits, OpenAIRequest
+from tpworker.vllm_bridge.arguments import flags_to_variables
+from tpworker.vllm_bridge.openai_server import OpenAIServer
+
+
+def _located(message: str, param: str | None, body: dict) -> tuple[str, str | None]:
+    """vLLM's error message in this worker's terms: its command-line flags as our variables
+    (--trust-request-chat-template -> TRUST_REQUEST_CHAT_TEMPLATE), and a grammar that does not
+    compile attributed to the field that carried it."""
+    message = flags_to_variables(message)
+    if param is None and message.startswith("Grammar error"):
+        param = next((f for f in ("response_format", "structured_outputs", "guided_json") if f in body), None)
+        if param:
+            message = f"{param}: {message}"
+    return message, param
+
+
+class OpenAIRoutes:
+    def __init__(
+        self,
+        engine: Engine,
+        model: str,
+        served_names: list[str],
+        options: dict,
+        batching: BatchPolicy,
+        raw_output: bool = True,
+        limits: Limits | None = None,
+    ):
+        self.engine = engine
+        self.limits = limits or Limits()
+        self.model, self.served_names, self.options = model, served_names, options
+        self.batching = batching
+        self.raw_output = raw_output
+        self._server: OpenAIServer | None = None
+        self._creating = asyncio.Lock()
+
+    async def server(self) -> OpenAIServer:
+        """Built on first use, inside the event loop that serves jobs (vLLM binds to it)."""
+        async with self._creating:
+            if self._server is None:
+                self._server = await OpenAIServer.create(
+                    self.engine.llm,
+                    self.model,
+                    self.served_names,
+                    self.options,
+                    self.limits.max_prompt_tokens,
+                    self.limits.max_output_tokens,
+                )
+        return self._server
+
+    def close(self) -> None:
+        self._server = None
+
+    async def run(self, request: OpenAIRequest) -> AsyncIterator:
+        server = await self.server()
+        reply = await server.call(request.route, request.body)
+        if reply.events is None:
+            if reply.status >= 400:
+                error = reply.body["error"]
+                message, param = _located(error["message"], error.get("param"), request.body)
+                raise JobError(
+                    message,
+                    param=param,
+                    type=error.get("type", "BadRequestError"),
+                    code=error.get("code", reply.status),
+                )
+            yield reply.body
+            return
+        async with aclosing(reply.events) as events:
+            async for batch in self._batched(events):
+                yield batch
+
+    async def _batched(self, events: AsyncIterator[str]) -> AsyncIterator:
+        """Whole SSE events, grouped: `min_size` events in the first yield, growing by the
+        factor up to `max_size` (RunPod posts every yield before the worker goes on)."""
+        size, pending, count = self.batching.min_size, [], 0
+        async for text in events:
+            pending.append(text)
+            count += text.count("\n\n")
+            if count >= size:
+                yield self._shape(pending)
+                pending, count = [], 0
+                size = min(size * self.batching.growth_factor, self.batching.max_size)
+        if pending:
+            yield self._shape(pending)
+
+    def _shape(self, texts: list[str]):
+        if self.raw_output:
+            return "".join(texts)
+        # RAW_OPENAI_OUTPUT=false (worker-vllm's option): the chunk objects, without [DONE]
+        return [
+            json.loads(line[len("data: ") :])
+            for text in texts
+            for line in text.split("\n")
+            if line.startswith("data: ") and line != "data: [DONE]"
+        ]

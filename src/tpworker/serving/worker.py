@@ -1,0 +1,238 @@
+"""The worker: one engine, many jobs. Every job ends with its outputs or exactly one error output;
+no exception or traceback reaches RunPod, and the worker keeps serving.
+
+The worker also knows which jobs are in flight, so that it can end them all with an error when the
+engine fails (the watchdog) or when a SIGTERM's grace period runs out (`shutdown`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from tpworker.config.variables import WorkerSettings
+from tpworker.serving import native
+from tpworker.serving.engine import Engine
+from tpworker.serving.jobs import BatchPolicy, JobError, Limits, OpenAIRequest, parse_job
+from tpworker.serving.openai_routes import OpenAIRoutes
+from tpworker.vllm_bridge import async_engine, openai_server
+
+log = logging.getLogger(__name__)
+
+
+def batch_policy(settings: WorkerSettings) -> BatchPolicy:
+    """Stream batching from DEFAULT_BATCH_SIZE, MIN_BATCH_SIZE, BATCH_SIZE_GROWTH_FACTOR."""
+    return BatchPolicy(
+        max_size=settings.default_batch_size,
+        min_size=min(settings.min_batch_size, settings.default_batch_size),
+        growth_factor=settings.batch_size_growth_factor,
+    )
+
+
+def limits(settings: WorkerSettings) -> Limits:
+    return Limits(
+        max_n=settings.max_n,
+        max_output_tokens=settings.max_output_tokens,
+        max_prompt_tokens=settings.max_prompt_tokens,
+        max_request_bytes=settings.max_request_bytes,
+    )
+
+
+OPENAI_WARMUP_DELAY_S = 1.0
+ENGINE_STOPPED = "The engine has stopped; this worker is restarting. Retry the request."
+
+
+def _service_unavailable(message: str) -> JobError:
+    return JobError(message, type="ServiceUnavailableError", code=503)
+
+
+async def _until_stopped(outputs: AsyncIterator, stop: asyncio.Future) -> AsyncIterator:
+    """`outputs`, until `stop` gets an exception: then the pending step is cancelled (which aborts
+    the engine request) and that exception is raised. Cancelling the job does the same."""
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(outputs))
+            try:
+                await asyncio.wait((step, stop), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not step.done():
+                    step.cancel()
+                    await asyncio.gather(step, return_exceptions=True)
+            if step.cancelled():
+                raise stop.exception()
+            try:
+                value = step.result()
+            except StopAsyncIteration:
+                return
+            yield value
+    finally:
+        await outputs.aclose()
+
+
+class Worker:
+    def __init__(self, engine: Engine, settings: WorkerSettings, openai: OpenAIRoutes, chat: native.ChatOptions):
+        self.engine = engine
+        self.settings = settings
+        self.openai = openai
+        self.chat = chat
+        self.default_batching = batch_policy(settings)
+        self.limits = limits(settings)
+        self._in_flight: dict[int, asyncio.Future] = {}  # one stop future per running job
+        self._ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._refusal: JobError | None = None  # set once the worker takes no more jobs
+        self._loop_started = False
+        self._openai_warmup: asyncio.Task | None = None
+        self._idle = asyncio.Event()  # set while no job is in flight
+        self._idle.set()
+
+    def close(self) -> None:
+        """Shut the engine down; the OpenAI serving objects hold it too, so drop them first."""
+        self.openai.close()
+        self.engine.shutdown()
+
+    def concurrency(self, current: int = 0) -> int:
+        """RunPod's concurrency_modifier: how many jobs this worker takes at once."""
+        return self.settings.max_concurrency
+
+    def loop_started(self) -> None:
+        """Called by the job loop once it runs (jobloop.install), inside the event loop that will
+        serve the jobs and after RunPod's SDK has installed its SIGTERM handler: chain ours onto
+        it, and schedule the OpenAI serving layer's build in that loop."""
+        if self._loop_started:
+            return
+        self._loop_started = True
+        self._loop = asyncio.get_running_loop()
+        self._hook_sigterm()
+        self._openai_warmup = self._loop.create_task(self._prepare_openai())
+
+    async def _prepare_openai(self) -> None:
+        """vLLM's OpenAI serving objects take about a second to build (on CPU here), most of it
+        holding the event loop: built once the worker is idle, so that neither the job that is
+        usually waiting when a worker starts nor a running stream waits for it, and the first
+        OpenAI job after that does not either. (An OpenAI job that comes first builds them itself.)"""
+        await asyncio.sleep(OPENAI_WARMUP_DELAY_S)  # lets the job loop take a job waiting at start
+        await self._idle.wait()
+        started = time.monotonic()
+        try:
+            await self.openai.server()
+        except Exception:
+            log.exception("Building vLLM's OpenAI serving layer failed; the first OpenAI job will try again.")
+            return
+        log.info("OpenAI routes ready (vLLM's serving layer built in %.2f s).", time.monotonic() - started)
+
+    # ---------------------------------------------------------------- failure and shutdown
+
+    def jobs_in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def stop_jobs(self, error: JobError) -> None:
+        """End every in-flight job with `error`, and refuse new ones with it. Any thread."""
+        self._refusal = error
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._fail_in_flight, error)
+
+    def _fail_in_flight(self, error: JobError) -> None:
+        for stop in self._in_flight.values():
+            if not stop.done():
+                stop.set_exception(error)
+
+    def engine_failed(self, reason: str) -> None:
+        self.stop_jobs(_service_unavailable(reason))
+
+    def _hook_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers belong to the main thread (tests run jobs elsewhere)
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum, frame):
+            if callable(previous):
+                previous(signum, frame)  # RunPod's: stop taking jobs, drain the ones taken
+            self.shutdown()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def shutdown(self) -> None:
+        """SIGTERM: jobs already taken get SHUTDOWN_GRACE_SECONDS to finish; then those still
+        running end with an error, so that the job loop can drain and the process exit 0."""
+        grace = self.settings.shutdown_grace_seconds
+        log.warning("SIGTERM: finishing %d in-flight job(s) within %g s.", self.jobs_in_flight(), grace)
+        error = _service_unavailable(
+            f"The worker was stopped and this job did not finish within its {grace:g} s grace period "
+            f"(SHUTDOWN_GRACE_SECONDS). Retry the request."
+        )
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.call_later, grace, self.stop_jobs, error)
+
+    # ---------------------------------------------------------------- jobs
+
+    async def handle(self, job: Any) -> AsyncIterator:
+        job_id = str(job.get("id", "job")) if isinstance(job, dict) else "job"
+        self._loop = self._loop or asyncio.get_running_loop()
+        key, stop = next(self._ids), self._loop.create_future()
+        self._in_flight[key] = stop
+        self._idle.clear()
+        try:
+            if self._refusal is not None:
+                raise self._refusal
+            if self.engine.dead:
+                raise _service_unavailable(ENGINE_STOPPED)
+            request = parse_job(job, default_batching=self.default_batching, limits=self.limits)
+            if isinstance(request, OpenAIRequest):
+                outputs = self.openai.run(request)
+            else:
+                outputs = native.generate(
+                    self.engine,
+                    request,
+                    chat=self.chat,
+                    limits=self.limits,
+                    default_max_tokens=self.settings.default_max_tokens,
+                    job_id=job_id,
+                )
+            async for chunk in _until_stopped(outputs, stop):
+                yield chunk
+        except JobError as e:
+            log.info("Job %s refused: %s", job_id, e.message)
+            yield e.to_output()
+        except Exception as e:  # anything else is our fault or the engine's, never the caller's
+            if async_engine.is_engine_dead(e):
+                log.error("Job %s failed: the engine died.", job_id)
+                yield _service_unavailable(ENGINE_STOPPED).to_output()
+                return
+            log.exception("Job %s failed", job_id)
+            yield JobError(f"Internal error: {type(e).__name__}: {e}", type="InternalServerError", code=500).to_output()
+        finally:
+            del self._in_flight[key]
+            if not self._in_flight:
+                self._idle.set()
+            if not stop.done():
+                stop.cancel()
+            elif not stop.cancelled():
+                stop.exception()  # retrieved, so asyncio does not warn about it
+
+
+def build_worker(
+    engine: Engine, settings: WorkerSettings, model: str, served_names: list[str], openai_options: dict
+) -> Worker:
+    """The worker handler.py runs: native jobs and OpenAI routes over one engine, sharing the
+    chat template options (CHAT_TEMPLATE / CUSTOM_CHAT_TEMPLATE, DEFAULT_CHAT_TEMPLATE_KWARGS)."""
+    openai = OpenAIRoutes(
+        engine,
+        model,
+        served_names,
+        openai_options,
+        batch_policy(settings),
+        settings.raw_openai_output,
+        limits(settings),
+    )
+    chat = native.ChatOptions(
+        template=openai_server.load_chat_template(openai_options.get("chat_template")),
+        template_kwargs=dict(openai_options.get("default_chat_template_kwargs") or {}),
+    )
+    return Worker(engine, settings, openai, chat)

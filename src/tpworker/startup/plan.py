@@ -1,0 +1,102 @@
+"""Settings + machine -> the frozen plan the worker starts from, checked before anything loads.
+
+Order matters for cold starts: what can refuse a bad configuration without vLLM (the model's config,
+the tensor-parallel plan: layout.py) runs before vLLM is imported; then the engine's arguments
+(engine_args.py, through vLLM's parser) and the memory and interconnect checks against the GPUs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from tpworker.config.settings import Settings
+from tpworker.planning import hardware
+from tpworker.planning.parallel import ClusterShape, ParallelPlan
+from tpworker.startup.engine_args import cpu_environment, engine_args
+from tpworker.startup.layout import Layout, StartError, plan_layout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    layout: Layout
+    engine_args: dict[str, Any]
+    # Options of vLLM's OpenAI frontend (chat template, tool and reasoning parsers, ...).
+    openai_options: dict[str, Any]
+    # Variables vLLM's processes must see, set just before they spawn.
+    environment: dict[str, str]
+
+    @property
+    def parallel(self) -> ParallelPlan:
+        return self.layout.parallel
+
+    @property
+    def model(self) -> str:
+        """What the engine loads: a folder, or a hub id."""
+        return self.engine_args["model"]
+
+    @property
+    def served_names(self) -> list[str]:
+        """The names requests use for the model (OpenAI's `model` field, /v1/models)."""
+        return list(self.engine_args["served_model_name"])
+
+
+def plan_start(settings: Settings, layout: Layout | None = None, cluster: ClusterShape | None = None) -> StartPlan:
+    """The whole plan: the layout (plan_layout, unless already made), the engine's arguments from the
+    environment (imports vLLM; raises SettingsError for bad values), then the preflight checks
+    against the GPUs (raises PreflightError when the plan cannot fit)."""
+    from tpworker.vllm_bridge import arguments, async_engine
+
+    layout = layout or plan_layout(settings, cluster)
+    options = settings.vllm_args()
+    if layout.parallel.backend == "ray" and (reason := async_engine.ray_unsupported_reason()):
+        raise StartError(f"DISTRIBUTED_EXECUTOR_BACKEND=ray: {reason}. Use DISTRIBUTED_EXECUTOR_BACKEND=mp here.")
+    args = engine_args(settings, layout, {k: v for k, v in options.items() if arguments.is_engine_arg(k)})
+    environment = {"HF_HUB_OFFLINE": "1"} if layout.model.offline else {}
+    if not layout.gpus:
+        environment.update(cpu_environment(settings, layout.parallel))
+    run_preflight(settings, layout, args)
+    openai_options = {k: v for k, v in options.items() if not arguments.is_engine_arg(k)}
+    return StartPlan(layout, args, openai_options, environment)
+
+
+def run_preflight(settings: Settings, layout: Layout, args: dict[str, Any]) -> None:
+    """Memory and interconnect checks against the real GPUs, before the engine loads anything.
+    Raises PreflightError when the plan cannot fit; logs the memory plan and any warnings."""
+    from tpworker.planning import preflight
+    from tpworker.planning.memory import MemoryModel
+    from tpworker.planning.modelinfo import weights_size
+    from tpworker.vllm_bridge import arguments
+
+    if not layout.gpus:
+        return  # on CPU the KV cache has a fixed size (VLLM_CPU_KVCACHE_SPACE)
+    parallel = layout.parallel
+    memory = MemoryModel(
+        layout.facts,
+        dtype=args.get("dtype"),
+        kv_cache_dtype=args.get("kv_cache_dtype"),
+        real_weight_bytes=weights_size(layout.model.path_or_id, settings.worker.revision),
+    )
+    max_model_len = args.get("max_model_len") or -1
+    if max_model_len < 0:  # unset or auto: vLLM starts from the model's own context length
+        max_model_len = layout.facts.max_position_embeddings or 2048
+    ranks = parallel.tensor_parallel_size * parallel.pipeline_parallel_size
+    findings = preflight.memory_findings(
+        memory,
+        parallel.tensor_parallel_size,
+        parallel.pipeline_parallel_size,
+        gpu_bytes=min(gpu.memory_bytes for gpu in layout.gpus[:ranks]),
+        utilization=args.get("gpu_memory_utilization") or arguments.engine_arg_default("gpu_memory_utilization"),
+        max_model_len=max_model_len,
+        max_concurrency=settings.worker.max_concurrency,
+        gpu_count=parallel.cluster.total_gpus if parallel.cluster else len(layout.gpus),
+    )
+    links = hardware.gpu_links(settings.cuda_visible_devices, parallel.tensor_parallel_size)
+    wiring = preflight.interconnect_findings(parallel.tensor_parallel_size, links, hardware.shm_bytes())
+    for note in findings.notes:
+        log.info(note)
+    for warning in findings.warnings + wiring.warnings:
+        log.warning(warning)
