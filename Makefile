@@ -20,13 +20,18 @@ UV := $(TOOLS_VENV)/bin/uv
 PIP_WHEEL_FOLDER = $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 UV_TORCH_SOURCE = $(if $(PIP_WHEEL_FOLDER),--find-links $(PIP_WHEEL_FOLDER),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
 
-.PHONY: run test lint env model lock clean-env
+.PHONY: run test test-fast lint env model lock clean-env
 
 run: env model
 	TENSOR_PARALLEL_SIZE=$(TP) $(PY) handler.py
 
 test: env model
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Every test that starts no engine, no Ray cluster and no subprocess (under a minute): settings, plans, job
+# parsing, the worker on a fake engine, the dev endpoint's job state, the job loop, the layer rules.
+test-fast: env model
+	$(PY) -m pytest -m "not engine and not ray and not slow" $(PYTEST_ARGS)
 
 # ruff (the Python code's lint rules and formatting), the layer rules, hadolint (Dockerfile), actionlint
 # (workflows), shellcheck (build scripts) and the image's other checks; `make test` runs them too.

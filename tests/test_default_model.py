@@ -45,6 +45,7 @@ def test_new_heads_are_zero_and_old_weights_unchanged(models):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_padded_model_gives_the_same_greedy_tokens_in_float32(pair):
     tokenizer, original, padded = pair
     for prompt in PROMPTS:
@@ -55,6 +56,7 @@ def test_padded_model_gives_the_same_greedy_tokens_in_float32(pair):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_padded_model_logits_match_within_float32_rounding(pair, original_in_float64):
     """The zero heads add exactly 0, but a matrix product over more (zero) columns may sum in another order.
     How far that moves the logits depends on the CPU's kernels: measured 0.0 on an AMD EPYC (AVX-512 BF16),

@@ -1,8 +1,11 @@
 """The environment-variable reference in README.md and docs/ENVIRONMENT.md matches the settings."""
 
+import pytest
+
 from tpworker.config import envdocs
 
 
+@pytest.mark.slow
 def test_environment_tables_are_current():
     assert envdocs.main([]) == 0, "run: python -m tpworker.config.envdocs --write"
 

@@ -86,6 +86,7 @@ def _fetched(hub: FakeHub, repo: str, dest: Path, **kwargs) -> set[str]:
     return {str(p.relative_to(result.path)) for p in result.path.rglob("*") if p.is_file() and ".cache" not in p.parts}
 
 
+@pytest.mark.slow
 def test_cli_downloads_resumes_verifies_plans_and_writes_the_manifest(hub, models, tmp_path):
     hub.cut_transfer_once(REPO, "model.safetensors", after_bytes=25_000_000)
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")}

@@ -46,6 +46,7 @@ def test_streamed_chat_at_tp2_prints_chunks_and_paris_and_exits_0(models):
     assert "No GPU: running in float32" in output  # DTYPE unset: the answer holds on every CPU
 
 
+@pytest.mark.slow
 def test_a_bad_job_prints_an_error_naming_the_field_and_exits_1():
     code, output, _ = run_handler("--test_input", '{"input": {"prompt": 5}}')
     assert code == 1
@@ -60,12 +61,14 @@ def lone_handler(tmp_path):
     return tmp_path / "handler.py"
 
 
+@pytest.mark.slow
 def test_test_input_json_is_found_without_flags(lone_handler):
     (lone_handler.parent / "test_input.json").write_text(json.dumps({"input": {"messages": "not a list"}}))
     code, output, _ = run_handler(cwd=lone_handler.parent, handler=lone_handler)
     assert code == 1 and '"param": "messages"' in output
 
 
+@pytest.mark.slow
 def test_nothing_to_run_is_explained(lone_handler):
     code, output, _ = run_handler(cwd=lone_handler.parent, handler=lone_handler, RUNPOD_WEBHOOK_GET_JOB="")
     assert code == 2 and "Nothing to run" in output
@@ -73,6 +76,7 @@ def test_nothing_to_run_is_explained(lone_handler):
     assert code == 2 and "--test_input is not valid JSON" in output
 
 
+@pytest.mark.slow
 def test_bad_variables_stop_the_worker_at_start_naming_them():
     code, output, _ = run_handler("--test_input", json.dumps(CHAT_JOB), TENSOR_PARALLEL_SIZE="two")
     assert code == 2 and "TENSOR_PARALLEL_SIZE='two' is not valid" in output
@@ -80,6 +84,7 @@ def test_bad_variables_stop_the_worker_at_start_naming_them():
     assert code == 2 and "GPU_MEMORY_UTILIZATION='1.5' is not valid" in output and "<= 1" in output
 
 
+@pytest.mark.slow
 def test_a_tp_size_that_cannot_split_the_model_is_refused_within_seconds(models):
     code, output, seconds = run_handler("--test_input", json.dumps(CHAT_JOB), TENSOR_PARALLEL_SIZE="3")
     assert code == 2

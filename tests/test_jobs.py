@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
 import pytest
 
-from tpworker.serving.jobs import BatchPolicy, JobError, Limits, parse_job
+from tpworker.config.variables import WorkerSettings
+from tpworker.serving.batching import BatchPolicy
+from tpworker.serving.errors import JobError
+from tpworker.serving.jobs import parse_job
+from tpworker.serving.limits import Limits
 from tpworker.serving.native import StreamBatcher
 
 DEFAULT = BatchPolicy(max_size=50, min_size=1, growth_factor=3)
+LIMITS = Limits.from_settings(WorkerSettings())  # the defaults, from the settings alone
 
 
 def parse(job_input, max_n=16):
-    return parse_job({"id": "j", "input": job_input}, default_batching=DEFAULT, limits=Limits(max_n=max_n))
+    limits = dataclasses.replace(LIMITS, max_n=max_n)
+    return parse_job({"id": "j", "input": job_input}, default_batching=DEFAULT, limits=limits)
 
 
 def test_a_prompt_with_apply_chat_template_becomes_a_user_message():
@@ -43,7 +52,7 @@ def test_internal_sampling_fields_are_not_accepted():
 
 def test_a_job_without_input():
     with pytest.raises(JobError, match="no 'input'"):
-        parse_job({"id": "j"}, default_batching=DEFAULT, limits=Limits(max_n=1))
+        parse_job({"id": "j"}, default_batching=DEFAULT, limits=LIMITS)
 
 
 def chunk_sizes(policy: BatchPolicy, tokens: int) -> list[int]:
@@ -60,3 +69,24 @@ def test_stream_chunks_grow_by_the_factor_up_to_the_maximum():
     assert chunk_sizes(DEFAULT, 200) == [1, 3, 9, 27, 50, 50, 50]
     assert chunk_sizes(BatchPolicy(8, 8, 1), 20) == [8, 8]
     assert chunk_sizes(BatchPolicy(10, 1, 1.5), 30) == [1, 2, 3, 4, 6, 8]
+
+
+def test_one_growth_policy_for_both_job_forms():
+    """Native chunks (tokens) and OpenAI yields (SSE events) take their sizes from BatchPolicy.sizes()."""
+    assert list(itertools.islice(DEFAULT.sizes(), 7)) == [1, 3, 9, 27, 50, 50, 50]
+    assert DEFAULT == BatchPolicy.from_settings(WorkerSettings())  # DEFAULT_BATCH_SIZE=50, MIN 1, factor 3
+
+
+def test_the_limits_defaults_and_checks_come_from_the_settings():
+    assert (LIMITS.max_n, LIMITS.max_request_bytes) == (WorkerSettings().max_n, WorkerSettings().max_request_bytes)
+    capped = Limits(max_n=2, max_output_tokens=100, max_prompt_tokens=10, max_request_bytes=1000)
+    with pytest.raises(JobError, match=r"^n: 3 is above this worker's limit of 2 \(MAX_N\)\.$"):
+        capped.check_n(3, "n")
+    with pytest.raises(JobError, match=r"^max_tokens: 101 is above .* 100 \(MAX_OUTPUT_TOKENS\)\.$"):
+        capped.check_output_tokens(101, "max_tokens")
+    with pytest.raises(JobError, match=r"^prompt: the prompt is 11 tokens, above .* 10 \(MAX_PROMPT_TOKENS\)\.$"):
+        capped.check_prompt_tokens(11, "prompt")
+    with pytest.raises(JobError, match=r"^input is 1,00\d bytes, above this worker's limit of 1,000"):
+        capped.check_request_bytes("x" * 1000)
+    capped.check_n(2, "n"), capped.check_output_tokens(100, "max_tokens"), capped.check_prompt_tokens(10, "prompt")
+    assert (capped.default_output_tokens(512), LIMITS.default_output_tokens(512)) == (100, 512)

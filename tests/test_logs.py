@@ -27,6 +27,7 @@ ENTRY_POINTS = {
 }
 
 
+@pytest.mark.slow  # a Python process per entry point
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_every_entry_point_redacts_secrets_in_its_logs(entry, tmp_path):
     code = (

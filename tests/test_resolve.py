@@ -15,6 +15,7 @@ from safetensors.numpy import save_file
 from tpworker.config.settings import load_settings
 from tpworker.models import download, resolve
 from tpworker.planning import hardware
+from tpworker.startup.engine_args import served_model_names
 from tpworker.startup.layout import StartError, choose_model
 from tpworker.startup.plan import plan_start
 
@@ -67,8 +68,14 @@ def test_the_baked_model_is_served_offline_with_its_tokenizer(baked, tmp_path):
         assert located.served_name == REPO and located.offline and not located.download
         assert located.tokenizer == str(baked / "tokenizer--org--tok")
         assert "is baked into the image (MODEL_MANIFEST=" in located.why
-    named = resolve.locate(settings(tmp_path, OPENAI_SERVED_MODEL_NAME_OVERRIDE="tiny"))
-    assert named.served_name == "tiny"
+
+
+def test_the_served_name_is_decided_in_one_place(baked, tmp_path):
+    located = resolve.locate(settings(tmp_path))
+    assert served_model_names(settings(tmp_path), located, {}) == [REPO]  # the manifest's
+    assert served_model_names(settings(tmp_path), located, {"served_model_name": ["mine"]}) == ["mine"]  # vLLM's
+    override = settings(tmp_path, OPENAI_SERVED_MODEL_NAME_OVERRIDE="tiny")  # worker-vllm's, first
+    assert served_model_names(override, located, {"served_model_name": ["mine"]}) == ["tiny"]
 
 
 def test_another_model_than_the_baked_one_is_looked_for_elsewhere(baked, tmp_path):

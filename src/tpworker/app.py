@@ -71,11 +71,17 @@ def _local_job(argv: list[str], handler_dir: Path, on_runpod: bool) -> dict | No
 
 def _refusal(job: dict, settings) -> dict | None:
     """The error output the handler would give this job before generating, if any."""
-    from tpworker.serving.jobs import JobError, parse_job
-    from tpworker.serving.worker import batch_policy, limits
+    from tpworker.serving.batching import BatchPolicy
+    from tpworker.serving.errors import JobError
+    from tpworker.serving.jobs import parse_job
+    from tpworker.serving.limits import Limits
 
     try:
-        parse_job(job, default_batching=batch_policy(settings.worker), limits=limits(settings.worker))
+        parse_job(
+            job,
+            default_batching=BatchPolicy.from_settings(settings.worker),
+            limits=Limits.from_settings(settings.worker),
+        )
     except JobError as e:
         return e.to_output()
     return None

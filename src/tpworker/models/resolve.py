@@ -40,10 +40,6 @@ def hub_cache(settings: Settings) -> Path:
     return Path(settings.worker.base_path) / "huggingface-cache" / "hub"
 
 
-def _served(settings: Settings, default: str) -> str:
-    return settings.worker.openai_served_model_name_override or default
-
-
 def baked(settings: Settings) -> manifest.Manifest | None:
     file = Path(settings.worker.model_manifest)
     return manifest.read(file) if file.is_file() else None
@@ -92,7 +88,7 @@ def locate(settings: Settings) -> Located | None:
                 tokenizer, offline = (str(image.tokenizer_path) if image.tokenizer_path else None), True
             return Located(
                 str(image.path),
-                _served(settings, image.served_name),
+                image.served_name,
                 f"{image.model} at commit {image.commit[:12]} is baked into the image "
                 f"({settings.source_of('model_manifest')}={worker.model_manifest})",
                 tokenizer=tokenizer,
@@ -107,7 +103,7 @@ def locate(settings: Settings) -> Located | None:
     if not model:
         return None
     if Path(model).is_dir():
-        return Located(model, _served(settings, model), f"{settings.source_of('model')} is set to a local folder")
+        return Located(model, model, f"{settings.source_of('model')} is set to a local folder")
     if model.startswith(("/", "./", "../", "~")):
         raise ModelNotFound(f"{settings.source_of('model')}={model!r} is not a folder on this machine.")
     cache = hub_cache(settings)
@@ -117,7 +113,7 @@ def locate(settings: Settings) -> Located | None:
     if found is not None:
         return Located(
             str(found),
-            _served(settings, model),
+            model,
             f"{model} is in the network volume's cache ({found})",
             offline=local_tokenizer,
         )
@@ -130,9 +126,7 @@ def locate(settings: Settings) -> Located | None:
             f"{settings.source_of('model')}={model!r} is not available offline ({'; '.join(looked)}) and "
             f"HF_HUB_OFFLINE is set. Bake it into the image, cache it on the network volume, or unset HF_HUB_OFFLINE."
         )
-    return Located(
-        model, _served(settings, model), f"{settings.source_of('model')} is set ({'; '.join(looked)})", download=True
-    )
+    return Located(model, model, f"{settings.source_of('model')} is set ({'; '.join(looked)})", download=True)
 
 
 def download(settings: Settings, located: Located) -> Located:

@@ -9,25 +9,17 @@ OpenAI form (what RunPod's /openai/v1 gateway sends): {"openai_route": "/v1/chat
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tpworker.serving.batching import BatchPolicy
+from tpworker.serving.errors import JobError
+from tpworker.serving.limits import Limits
+
 ROLES = ("system", "user", "assistant", "tool", "developer")
 OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models")
-
-
-class JobError(Exception):
-    """A job that cannot run. Becomes the job's one error output; the worker keeps serving."""
-
-    def __init__(self, message: str, param: str | None = None, type: str = "BadRequestError", code: int = 400):
-        super().__init__(message)
-        self.message, self.param, self.type, self.code = message, param, type, code
-
-    def to_output(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 class Message(BaseModel):
@@ -58,16 +50,6 @@ class NativeInput(BaseModel):
         return messages
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What one job may ask for (MAX_N, MAX_OUTPUT_TOKENS, MAX_PROMPT_TOKENS, MAX_REQUEST_BYTES)."""
-
-    max_n: int = 16
-    max_output_tokens: int | None = None
-    max_prompt_tokens: int | None = None
-    max_request_bytes: int = 10 * 1024 * 1024
-
-
 MAX_NESTING = 64
 INT64 = 2**63
 
@@ -96,27 +78,6 @@ def check_json_values(value: Any, path: str = "input", depth: int = 0) -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             check_json_values(item, f"{path}[{index}]", depth + 1)
-
-
-def check_size(job_input: Any, limit: int) -> None:
-    try:
-        size = len(json.dumps(job_input, ensure_ascii=False, allow_nan=True).encode("utf-8", "surrogatepass"))
-    except (TypeError, ValueError, RecursionError):
-        return  # not plain JSON: the field checks say what is wrong
-    if size > limit:
-        raise JobError(
-            f"input is {size:,} bytes, above this worker's limit of {limit:,} (MAX_REQUEST_BYTES).", param="input"
-        )
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    """How many tokens each streamed chunk carries: min_size first, growing by growth_factor per
-    chunk up to max_size."""
-
-    max_size: int
-    min_size: int
-    growth_factor: float
 
 
 @dataclass(frozen=True)
@@ -187,18 +148,9 @@ def _sampling_params(raw: dict[str, Any], limits: Limits):
     except sampling.InvalidParameter as e:  # vLLM's range checks
         param = f"sampling_params.{e.parameter}" if e.parameter else "sampling_params"
         raise JobError(f"{param}: {e}", param=param) from None
-    if params.n > limits.max_n:
-        raise JobError(
-            f"sampling_params.n: {params.n} is above this worker's limit of {limits.max_n} (MAX_N).",
-            param="sampling_params.n",
-        )
-    cap = limits.max_output_tokens
-    if cap is not None and raw.get("max_tokens") is not None and params.max_tokens > cap:
-        raise JobError(
-            f"sampling_params.max_tokens: {params.max_tokens} is above this worker's limit of "
-            f"{cap} (MAX_OUTPUT_TOKENS).",
-            param="sampling_params.max_tokens",
-        )
+    limits.check_n(params.n, "sampling_params.n")
+    if raw.get("max_tokens") is not None:
+        limits.check_output_tokens(params.max_tokens, "sampling_params.max_tokens")
     if "max_tokens" not in raw:
         params.max_tokens = None  # the worker fills in its default once the prompt length is known
     return params
@@ -224,13 +176,7 @@ def parse_native(job_input: Any, *, default_batching: BatchPolicy, limits: Limit
     prompt = native.prompt
     if native.apply_chat_template and prompt is not None:
         messages, prompt = [{"role": "user", "content": prompt}], None
-    batching = BatchPolicy(
-        max_size=native.max_batch_size or default_batching.max_size,
-        min_size=native.min_batch_size or default_batching.min_size,
-        growth_factor=native.batch_size_growth_factor or default_batching.growth_factor,
-    )
-    if batching.min_size > batching.max_size:
-        batching = BatchPolicy(batching.max_size, batching.max_size, batching.growth_factor)
+    batching = default_batching.for_job(native.max_batch_size, native.min_batch_size, native.batch_size_growth_factor)
     return NativeRequest(prompt, messages, sampling, native.stream, batching)
 
 
@@ -259,17 +205,12 @@ def _check_openai_body(route: str, body: dict, limits: Limits) -> None:
                 f"messages[{index}].role: unknown role {role!r}. Accepted roles: {', '.join(ROLES)}.",
                 param=f"messages[{index}].role",
             )
-    n = body.get("n")
-    if isinstance(n, int) and n > limits.max_n:
-        raise JobError(f"n: {n} is above this worker's limit of {limits.max_n} (MAX_N).", param="n")
-    cap = limits.max_output_tokens
+    limits.check_n(body.get("n"), "n")
     for name in OPENAI_OUTPUT_FIELDS:
-        value = body.get(name)
-        if cap is not None and isinstance(value, int) and value > cap:
-            raise JobError(f"{name}: {value} is above this worker's limit of {cap} (MAX_OUTPUT_TOKENS).", param=name)
+        limits.check_output_tokens(body.get(name), name)
 
 
-def parse_openai(job_input: dict, limits: Limits | None = None) -> OpenAIRequest:
+def parse_openai(job_input: dict, limits: Limits) -> OpenAIRequest:
     route, body = job_input.get("openai_route"), job_input.get("openai_input")
     if not isinstance(route, str) or route.rstrip("/") not in OPENAI_ROUTES:
         raise JobError(
@@ -288,7 +229,7 @@ def parse_openai(job_input: dict, limits: Limits | None = None) -> OpenAIRequest
         raise JobError(
             f"Unknown field '{sorted(unknown)[0]}' beside openai_route and openai_input.", param=sorted(unknown)[0]
         )
-    _check_openai_body(route, body, limits or Limits())
+    _check_openai_body(route, body, limits)
     return OpenAIRequest(route, body)
 
 
@@ -297,7 +238,7 @@ def parse_job(job: Any, *, default_batching: BatchPolicy, limits: Limits) -> Nat
     if not isinstance(job, dict) or "input" not in job:
         raise JobError("The job has no 'input'.", param="input")
     job_input = job["input"]
-    check_size(job_input, limits.max_request_bytes)
+    limits.check_request_bytes(job_input)
     check_json_values(job_input)
     if isinstance(job_input, dict) and ("openai_route" in job_input or "openai_input" in job_input):
         return parse_openai(job_input, limits)

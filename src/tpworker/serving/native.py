@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 
 from vllm.sampling_params import RequestOutputKind
 
+from tpworker.serving.batching import BatchPolicy
 from tpworker.serving.engine import Engine
-from tpworker.serving.jobs import BatchPolicy, JobError, Limits, NativeRequest
+from tpworker.serving.errors import JobError
+from tpworker.serving.jobs import NativeRequest
+from tpworker.serving.limits import Limits
 from tpworker.vllm_bridge import prompts, sampling
 
 
@@ -39,8 +42,8 @@ class StreamBatcher:
     `growth_factor` per chunk up to `max_size`."""
 
     def __init__(self, n: int, policy: BatchPolicy, with_logprobs: bool = False):
-        self.policy = policy
-        self.size = policy.min_size
+        self.sizes = policy.sizes()
+        self.size = next(self.sizes)
         self.tokens: list[list[str]] = [[] for _ in range(n)]
         self.logprobs: list[list[dict]] | None = [[] for _ in range(n)] if with_logprobs else None
         self.finish_reasons: list[str | None] = [None] * n
@@ -72,7 +75,7 @@ class StreamBatcher:
         self.tokens = [[] for _ in self.tokens]
         self.pending = 0
         # Kept fractional (as worker-vllm does) so that factors like 1.5 still grow.
-        self.size = min(self.size * self.policy.growth_factor, self.policy.max_size)
+        self.size = next(self.sizes)
         return chunk
 
 
@@ -135,19 +138,12 @@ async def generate(
     chat: ChatOptions,
     default_max_tokens: int,
     job_id: str,
-    limits: Limits | None = None,
+    limits: Limits,
 ) -> AsyncIterator[dict]:
     engine_input = await _engine_input(engine, request, chat)
     prompt_tokens = len(prompts.prompt_token_ids(engine_input))
-    if limits and limits.max_prompt_tokens is not None and prompt_tokens > limits.max_prompt_tokens:
-        field = "messages" if request.messages is not None else "prompt"
-        raise JobError(
-            f"{field}: the prompt is {prompt_tokens} tokens, above this worker's limit of "
-            f"{limits.max_prompt_tokens} (MAX_PROMPT_TOKENS).",
-            param=field,
-        )
-    if limits and limits.max_output_tokens is not None:  # a default max_tokens stays under the limit
-        default_max_tokens = min(default_max_tokens, limits.max_output_tokens)
+    limits.check_prompt_tokens(prompt_tokens, "messages" if request.messages is not None else "prompt")
+    default_max_tokens = limits.default_output_tokens(default_max_tokens)
     _fit_max_tokens(request, prompt_tokens, engine.max_model_len, default_max_tokens)
     params = request.sampling_params
     params.output_kind = RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY

@@ -14,8 +14,11 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
+from tpworker.serving.batching import BatchPolicy
 from tpworker.serving.engine import Engine
-from tpworker.serving.jobs import BatchPolicy, JobError, Limits, OpenAIRequest
+from tpworker.serving.errors import JobError
+from tpworker.serving.jobs import OpenAIRequest
+from tpworker.serving.limits import Limits
 from tpworker.vllm_bridge.arguments import flags_to_variables
 from tpworker.vllm_bridge.openai_server import OpenAIServer
 
@@ -40,11 +43,11 @@ class OpenAIRoutes:
         served_names: list[str],
         options: dict,
         batching: BatchPolicy,
+        limits: Limits,
         raw_output: bool = True,
-        limits: Limits | None = None,
     ):
         self.engine = engine
-        self.limits = limits or Limits()
+        self.limits = limits
         self.model, self.served_names, self.options = model, served_names, options
         self.batching = batching
         self.raw_output = raw_output
@@ -60,7 +63,7 @@ class OpenAIRoutes:
                     self.model,
                     self.served_names,
                     self.options,
-                    self.limits.max_prompt_tokens,
+                    self.limits.prompt_problem,
                     self.limits.max_output_tokens,
                 )
         return self._server
@@ -90,14 +93,15 @@ class OpenAIRoutes:
     async def _batched(self, events: AsyncIterator[str]) -> AsyncIterator:
         """Whole SSE events, grouped: `min_size` events in the first yield, growing by the
         factor up to `max_size` (RunPod posts every yield before the worker goes on)."""
-        size, pending, count = self.batching.min_size, [], 0
+        sizes = self.batching.sizes()
+        size, pending, count = next(sizes), [], 0
         async for text in events:
             pending.append(text)
             count += text.count("\n\n")
             if count >= size:
                 yield self._shape(pending)
                 pending, count = [], 0
-                size = min(size * self.batching.growth_factor, self.batching.max_size)
+                size = next(sizes)
         if pending:
             yield self._shape(pending)
 

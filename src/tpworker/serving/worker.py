@@ -18,38 +18,19 @@ from typing import Any
 
 from tpworker.config.variables import WorkerSettings
 from tpworker.serving import native
+from tpworker.serving.batching import BatchPolicy
 from tpworker.serving.engine import Engine
-from tpworker.serving.jobs import BatchPolicy, JobError, Limits, OpenAIRequest, parse_job
+from tpworker.serving.errors import JobError, service_unavailable
+from tpworker.serving.jobs import OpenAIRequest, parse_job
+from tpworker.serving.limits import Limits
 from tpworker.serving.openai_routes import OpenAIRoutes
 from tpworker.vllm_bridge import async_engine, openai_server
 
 log = logging.getLogger(__name__)
 
 
-def batch_policy(settings: WorkerSettings) -> BatchPolicy:
-    """Stream batching from DEFAULT_BATCH_SIZE, MIN_BATCH_SIZE, BATCH_SIZE_GROWTH_FACTOR."""
-    return BatchPolicy(
-        max_size=settings.default_batch_size,
-        min_size=min(settings.min_batch_size, settings.default_batch_size),
-        growth_factor=settings.batch_size_growth_factor,
-    )
-
-
-def limits(settings: WorkerSettings) -> Limits:
-    return Limits(
-        max_n=settings.max_n,
-        max_output_tokens=settings.max_output_tokens,
-        max_prompt_tokens=settings.max_prompt_tokens,
-        max_request_bytes=settings.max_request_bytes,
-    )
-
-
 OPENAI_WARMUP_DELAY_S = 1.0
 ENGINE_STOPPED = "The engine has stopped; this worker is restarting. Retry the request."
-
-
-def _service_unavailable(message: str) -> JobError:
-    return JobError(message, type="ServiceUnavailableError", code=503)
 
 
 async def _until_stopped(outputs: AsyncIterator, stop: asyncio.Future) -> AsyncIterator:
@@ -81,8 +62,8 @@ class Worker:
         self.settings = settings
         self.openai = openai
         self.chat = chat
-        self.default_batching = batch_policy(settings)
-        self.limits = limits(settings)
+        self.default_batching = BatchPolicy.from_settings(settings)
+        self.limits = Limits.from_settings(settings)
         self._in_flight: dict[int, asyncio.Future] = {}  # one stop future per running job
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -144,7 +125,7 @@ class Worker:
                 stop.set_exception(error)
 
     def engine_failed(self, reason: str) -> None:
-        self.stop_jobs(_service_unavailable(reason))
+        self.stop_jobs(service_unavailable(reason))
 
     def _hook_sigterm(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -163,7 +144,7 @@ class Worker:
         running end with an error, so that the job loop can drain and the process exit 0."""
         grace = self.settings.shutdown_grace_seconds
         log.warning("SIGTERM: finishing %d in-flight job(s) within %g s.", self.jobs_in_flight(), grace)
-        error = _service_unavailable(
+        error = service_unavailable(
             f"The worker was stopped and this job did not finish within its {grace:g} s grace period "
             f"(SHUTDOWN_GRACE_SECONDS). Retry the request."
         )
@@ -182,7 +163,7 @@ class Worker:
             if self._refusal is not None:
                 raise self._refusal
             if self.engine.dead:
-                raise _service_unavailable(ENGINE_STOPPED)
+                raise service_unavailable(ENGINE_STOPPED)
             request = parse_job(job, default_batching=self.default_batching, limits=self.limits)
             if isinstance(request, OpenAIRequest):
                 outputs = self.openai.run(request)
@@ -203,7 +184,7 @@ class Worker:
         except Exception as e:  # anything else is our fault or the engine's, never the caller's
             if async_engine.is_engine_dead(e):
                 log.error("Job %s failed: the engine died.", job_id)
-                yield _service_unavailable(ENGINE_STOPPED).to_output()
+                yield service_unavailable(ENGINE_STOPPED).to_output()
                 return
             log.exception("Job %s failed", job_id)
             yield JobError(f"Internal error: {type(e).__name__}: {e}", type="InternalServerError", code=500).to_output()
@@ -227,9 +208,9 @@ def build_worker(
         model,
         served_names,
         openai_options,
-        batch_policy(settings),
+        BatchPolicy.from_settings(settings),
+        Limits.from_settings(settings),
         settings.raw_openai_output,
-        limits(settings),
     )
     chat = native.ChatOptions(
         template=openai_server.load_chat_template(openai_options.get("chat_template")),

@@ -10,7 +10,7 @@ from tpworker.config.settings import Settings
 from tpworker.config.variables import CPU_DTYPE, CPU_KV_CACHE_BYTES
 from tpworker.planning import hardware
 from tpworker.planning.parallel import ParallelPlan
-from tpworker.startup.layout import Layout, StartError
+from tpworker.startup.layout import Layout, ModelChoice, StartError
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,19 @@ def engine_args(settings: Settings, layout: Layout, args: dict[str, Any]) -> dic
         args.pop("tokenizer_revision", None)
     if layout.model.path_or_id != worker.model:  # resolved to a local copy of that revision
         args.pop("revision", None)
-    if worker.openai_served_model_name_override or "served_model_name" not in args:
-        args["served_model_name"] = [layout.model.served_name]  # the override, else the model's name
+    args["served_model_name"] = served_model_names(settings, layout.model, args)
     if not layout.gpus:
         args.update(cpu_defaults(settings, args))
     return args
+
+
+def served_model_names(settings: Settings, model: ModelChoice, args: dict[str, Any]) -> list[str]:
+    """The names requests use for the model (OpenAI's `model` field, /v1/models), decided here only:
+    OPENAI_SERVED_MODEL_NAME_OVERRIDE (worker-vllm's), else SERVED_MODEL_NAME (vLLM's), else the
+    model's own name (the baked manifest's, the hub id, or the default model's)."""
+    if settings.worker.openai_served_model_name_override:
+        return [settings.worker.openai_served_model_name_override]
+    return list(args.get("served_model_name") or [model.served_name])
 
 
 def cpu_defaults(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:

@@ -47,10 +47,9 @@ def choose_model(settings: Settings, gpus: list[hardware.Gpu]) -> ModelChoice:
         _, padded = default_model.ensure_built(settings.cache_dir / "models")
     except Exception as e:
         raise StartError(f"MODEL_NAME is not set and the embedded default model could not be built: {e}") from e
-    served = settings.worker.openai_served_model_name_override or default_model.SERVED_NAME
     return ModelChoice(
         str(padded),
-        served,
+        default_model.SERVED_NAME,
         f"MODEL_NAME is not set and no GPU is visible: serving the embedded default model "
         f"{default_model.SERVED_NAME} (zero-padded to 12 heads / 4 KV heads for TP 1, 2, 4) from {padded}",
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,22 +33,17 @@ class LimitedEngineClient:
     all), and a max_tokens vLLM defaulted is capped at MAX_OUTPUT_TOKENS (an explicit one over it
     was refused before, by name). Everything else is the AsyncLLM's own."""
 
-    def __init__(self, llm, max_prompt_tokens: int | None, max_output_tokens: int | None):
+    def __init__(self, llm, prompt_problem: Callable[[int], str | None], max_output_tokens: int | None):
         self._llm = llm
-        self._max_prompt_tokens, self._max_output_tokens = max_prompt_tokens, max_output_tokens
+        self._prompt_problem, self._max_output_tokens = prompt_problem, max_output_tokens
 
     def __getattr__(self, name):
         return getattr(self._llm, name)
 
     def generate(self, prompt, sampling_params, request_id, *args, **kwargs):
-        limit = self._max_prompt_tokens
-        if limit is not None:
-            count = len(prompt.get("prompt_token_ids") or ()) if isinstance(prompt, dict) else 0
-            if count > limit:
-                # ValueError: vLLM's error mapping makes it a 400 with this message
-                raise ValueError(
-                    f"The prompt is {count} tokens, above this worker's limit of {limit} (MAX_PROMPT_TOKENS)."
-                )
+        count = len(prompt.get("prompt_token_ids") or ()) if isinstance(prompt, dict) else 0
+        if problem := self._prompt_problem(count):
+            raise ValueError(problem[0].upper() + problem[1:])  # vLLM's error mapping: a 400 with this message
         cap = self._max_output_tokens
         if cap is not None and getattr(sampling_params, "max_tokens", None) is not None:
             sampling_params.max_tokens = min(sampling_params.max_tokens, cap)
@@ -70,16 +65,16 @@ class OpenAIServer:
         model: str,
         served_names: list[str],
         options: dict[str, Any],
-        max_prompt_tokens: int | None = None,
+        prompt_problem: Callable[[int], str | None] = lambda prompt_tokens: None,
         max_output_tokens: int | None = None,
     ) -> OpenAIServer:
-        """Call inside the event loop that serves jobs (the engine binds to it). The limits are the
-        worker's MAX_PROMPT_TOKENS and MAX_OUTPUT_TOKENS (None: vLLM's own)."""
+        """Call inside the event loop that serves jobs (the engine binds to it). The worker's limits:
+        `prompt_problem(prompt tokens)` says why a rendered prompt is refused (None: it is not), and
+        a max_tokens vLLM defaults is capped at `max_output_tokens`."""
         from starlette.datastructures import State
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 
-        if max_prompt_tokens is not None or max_output_tokens is not None:
-            llm = LimitedEngineClient(llm, max_prompt_tokens, max_output_tokens)
+        llm = LimitedEngineClient(llm, prompt_problem, max_output_tokens)
 
         args = server_namespace(options)
         args.model, args.served_model_name = model, served_names
