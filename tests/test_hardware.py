@@ -1,5 +1,8 @@
 """GPU visibility (CUDA_VISIBLE_DEVICES semantics) and the CPU core split per rank."""
 
+import shutil
+import subprocess
+
 from tpworker.planning.hardware import cpu_threads_binding, select_visible, visible_gpus
 
 UUIDS = ["GPU-aaa1", "GPU-abb2", "GPU-ccc3", "GPU-ddd4"]
@@ -15,9 +18,19 @@ def test_cuda_visible_devices_selects_and_orders_gpus():
     assert select_visible("1,1", UUIDS) == [1]
 
 
-def test_no_gpu_on_this_machine():
-    # There is no NVIDIA driver here (CI has none either): NVML cannot load, so no GPU is visible.
-    assert visible_gpus(None) == []
+def test_the_visible_gpus_are_the_drivers():
+    """What NVML shows agrees with nvidia-smi where a driver is installed; with none (CI, this
+    project's CPU machines) NVML cannot load and no GPU is visible. CUDA_VISIBLE_DEVICES="" hides all."""
+    gpus = visible_gpus(None)
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        assert gpus == []
+    else:
+        query = [smi, "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"]
+        rows = [line.split(", ") for line in subprocess.check_output(query, text=True).strip().splitlines()]
+        assert [(g.index, g.name) for g in gpus] == [(int(i), name) for i, name, _ in rows]
+        assert [g.memory_bytes // 2**20 for g in gpus] == [int(mib) for _, _, mib in rows]
+    assert visible_gpus("") == []
 
 
 def test_each_cpu_rank_gets_its_own_cores():

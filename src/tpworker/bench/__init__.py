@@ -9,5 +9,6 @@ run.py       the whole run: one phase process after another, progress, targets
 results.py   a phase's events -> results per TP size, summaries and ratios to raw
 targets.py   the targets checked and the TP scaling of weight memory
 options.py   the command-line options
-report.py    terminal table, JSON, Markdown and the PNG chart
+report.py    terminal table, JSON and Markdown
+chart.py     the PNG chart
 """
