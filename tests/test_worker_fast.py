@@ -167,3 +167,21 @@ def test_openai_streams_are_batched_by_whole_events_with_the_same_growth():
     batches = run(batches())
     assert [batch.count("\n\n") for batch in batches] == [1, 3, 9, 8]
     assert "".join(batches).endswith("data: [DONE]\n\n")
+
+
+def test_a_grammar_that_does_not_compile_is_attributed_to_its_field_in_both_job_forms():
+    from tpworker.serving.openai_routes import _located
+    from tpworker.vllm_bridge.sampling import is_grammar_error
+
+    for message in (
+        "Grammar error: unexpected token",
+        "Invalid grammar specification.",
+        "Invalid JSON grammar specification.",
+    ):
+        assert is_grammar_error(message)
+        assert _located(message, None, {"response_format": {}}) == (f"response_format: {message}", "response_format")
+    assert not is_grammar_error("max_tokens must be at least 1")
+    assert _located("--enable-auto-tool-choice requires --tool-call-parser", None, {}) == (
+        "ENABLE_AUTO_TOOL_CHOICE requires TOOL_CALL_PARSER",
+        None,
+    )

@@ -168,7 +168,7 @@ async def generate(
     except Exception as e:
         if invalid := sampling.as_invalid_parameter(e):  # e.g. logprobs above MAX_LOGPROBS
             param = f"sampling_params.{invalid.parameter}" if invalid.parameter else None
-            if param is None and params.structured_outputs is not None and "rammar" in str(invalid):
+            if param is None and params.structured_outputs is not None and sampling.is_grammar_error(str(invalid)):
                 param = "sampling_params.structured_outputs"  # a schema or grammar that does not compile
             message = " ".join(str(invalid).split())
             raise JobError(f"{param}: {message}" if param else message, param=param) from None

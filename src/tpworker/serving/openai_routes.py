@@ -19,6 +19,7 @@ from tpworker.serving.engine import Engine
 from tpworker.serving.errors import JobError
 from tpworker.serving.jobs import OpenAIRequest
 from tpworker.serving.limits import Limits
+from tpworker.vllm_bridge import sampling
 from tpworker.vllm_bridge.arguments import flags_to_variables
 from tpworker.vllm_bridge.openai_server import OpenAIServer
 
@@ -28,7 +29,7 @@ def _located(message: str, param: str | None, body: dict) -> tuple[str, str | No
     (--trust-request-chat-template -> TRUST_REQUEST_CHAT_TEMPLATE), and a grammar that does not
     compile attributed to the field that carried it."""
     message = flags_to_variables(message)
-    if param is None and message.startswith("Grammar error"):
+    if param is None and sampling.is_grammar_error(message):
         param = next((f for f in ("response_format", "structured_outputs", "guided_json") if f in body), None)
         if param:
             message = f"{param}: {message}"

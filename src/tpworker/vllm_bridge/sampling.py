@@ -59,3 +59,10 @@ def as_invalid_parameter(error: BaseException) -> InvalidParameter | None:
     if isinstance(error, VLLMValidationError):
         return InvalidParameter(str(error).split(" (parameter=")[0], getattr(error, "parameter", None))
     return None
+
+
+def is_grammar_error(message: str) -> bool:
+    """A structured-output schema or grammar that does not compile, in any of vLLM's backends' words
+    ("Grammar error: ...", "Invalid grammar specification.", "Invalid JSON grammar specification.").
+    vLLM names no parameter for it; the worker attributes it to the field that carried the grammar."""
+    return "grammar" in message.lower()
