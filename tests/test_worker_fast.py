@@ -185,3 +185,27 @@ def test_a_grammar_that_does_not_compile_is_attributed_to_its_field_in_both_job_
         "ENABLE_AUTO_TOOL_CHOICE requires TOOL_CALL_PARSER",
         None,
     )
+
+
+def test_the_watchdog_ends_the_jobs_kills_the_engine_and_exits_when_a_rank_is_lost():
+    from tpworker.serving.watchdog import EXIT_ENGINE_FAILED, Watchdog
+
+    engine = FakeEngine(token_delay=0.01)
+    worker = make_worker(engine)
+    exits = []
+
+    async def scenario():
+        job = asyncio.ensure_future(collect(worker, {"prompt": "x", "stream": True}))
+        while not engine.unfinished_requests():
+            await asyncio.sleep(0.01)
+        watchdog = Watchdog(engine, worker, stall_timeout=60, exit=exits.append)
+        watchdog.start()
+        engine.processes_lost = ["VLLM::Worker_TP1 (pid 42)"]  # what a killed rank looks like
+        chunks = await job
+        await asyncio.to_thread(watchdog.join, 15)
+        return chunks
+
+    chunks = run(scenario())
+    assert chunks[-1]["error"]["code"] == 503
+    assert "VLLM::Worker_TP1 (pid 42) exited" in chunks[-1]["error"]["message"]
+    assert engine.killed and exits == [EXIT_ENGINE_FAILED]
