@@ -2,7 +2,8 @@
 
 `handler(job)` is what RunPod calls for every job; it yields the job's output chunks (formats in
 the README). Run as a script, this file starts the worker: the vLLM engine once, then RunPod's job
-loop, or a single local job with `--test_input '<json>'` / test_input.json (see the README)."""
+loop, or a single local job with `--test_input '<json>'` / test_input.json (see the README). Imported
+(RunPod's local tools, your own tests), the first call to `handler` starts the worker."""
 
 import sys
 
@@ -10,7 +11,7 @@ from tpworker import app
 
 
 async def handler(job):
-    async for chunk in app.current_worker().handle(job):
+    async for chunk in app.handle(job):
         yield chunk
 
 

@@ -8,6 +8,8 @@ with MAX_PROMPT_TOKENS=1500, MAX_OUTPUT_TOKENS=512, MAX_N=4, MAX_REQUEST_BYTES=1
 
 from __future__ import annotations
 
+HF_TOKEN = "hf_tpworkerTestSecretValue123456"
+API_KEY = "rpa_tpworkerTestApiKey7890ABCDEF"
 LIMITS = {"MAX_PROMPT_TOKENS": "1500", "MAX_OUTPUT_TOKENS": "512", "MAX_N": "4", "MAX_REQUEST_BYTES": "100000"}
 
 LONG_TEXT = "The quick brown fox jumps over the lazy dog. " * 260  # ~2600 tokens: beyond the context

@@ -35,6 +35,23 @@ def models() -> tuple[Path, Path]:
     return default_model.ensure_built(models_cache_dir())
 
 
+@pytest.fixture(scope="session")
+def limited_dev(models, tmp_path_factory):
+    """`tpworker dev` with the bad-input corpus' limits and secrets set, MAX_CONCURRENCY=16: shared by
+    the bad-input tests and the load test (which stays within the limits), one start instead of two."""
+    from bad_inputs import API_KEY, HF_TOKEN, LIMITS
+
+    endpoint = DevEndpoint(
+        tmp_path_factory.mktemp("limited") / "dev.log",
+        MAX_CONCURRENCY="16",
+        HF_TOKEN=HF_TOKEN,
+        RUNPOD_AI_API_KEY=API_KEY,
+        **LIMITS,
+    )
+    yield endpoint
+    endpoint.close()
+
+
 class RunningWorker:
     """The worker as handler.py starts it (settings -> plan, preflight included -> startup.start),
     without the watchdog (it would exit the test process), with an event loop in a thread of its
@@ -165,11 +182,21 @@ class DevEndpoint:
         raise LookupError("no worker process")
 
     def close(self) -> None:
-        self.process.terminate()
+        """Kill the dev server, its worker and vLLM's processes at once: a graceful stop takes ~10 s
+        (vLLM's own shutdown most of it), and the tests that need one (SIGTERM) make it themselves."""
+        import psutil
+
         try:
-            self.process.wait(90)
-        except Exception:
-            self.process.kill()
+            processes = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+        except psutil.Error:
+            processes = []
+        for process in processes:
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(processes, timeout=30)
+        self.process.wait(30)
 
 
 # ---- the reliability summary printed at the end of a run (faults, bad inputs, load)

@@ -13,27 +13,17 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bad_inputs import CASES, LIMITS, MEDIUM_TEXT
+from bad_inputs import API_KEY, CASES, HF_TOKEN, MEDIUM_TEXT
 from conftest import RELIABILITY, DevEndpoint, tallied
 
 pytestmark = pytest.mark.engine
 
-HF_TOKEN = "hf_tpworkerTestSecretValue123456"
-API_KEY = "rpa_tpworkerTestApiKey7890ABCDEF"
 VALID = {"prompt": "The capital of France is", "sampling_params": {"max_tokens": 6, "temperature": 0}}
 
 
 @pytest.fixture(scope="module")
-def dev(models, tmp_path_factory):
-    endpoint = DevEndpoint(
-        tmp_path_factory.mktemp("bad") / "dev.log",
-        MAX_CONCURRENCY="16",
-        HF_TOKEN=HF_TOKEN,
-        RUNPOD_AI_API_KEY=API_KEY,
-        **LIMITS,
-    )
-    yield endpoint
-    endpoint.close()
+def dev(limited_dev):
+    return limited_dev  # MAX_CONCURRENCY=16, LIMITS, HF_TOKEN and RUNPOD_AI_API_KEY set (conftest)
 
 
 def exits(dev: DevEndpoint) -> list[str]:

@@ -91,3 +91,48 @@ def test_a_tp_size_that_cannot_split_the_model_is_refused_within_seconds(models)
     assert "TENSOR_PARALLEL_SIZE=3 cannot split this model" in output and "1, 2, 4, 12" in output
     assert seconds < 5, seconds
     assert "Initializing a V1 LLM engine" not in output
+
+
+# A user's script that imports handler.py. vLLM starts its engine processes with spawn, which re-imports
+# the main script: its top level must be guarded, as any multiprocessing script's.
+IMPORTED = """
+import asyncio, json, sys
+sys.path.insert(0, {root!r})
+import handler  # imported, not run: RunPod's local tools and users' tests do this
+
+
+async def main():
+    return [chunk async for chunk in handler.handler({{"id": "imported", "input": json.loads(sys.argv[1])}})]
+
+
+if __name__ == "__main__":
+    print("--- chunks: " + json.dumps(asyncio.run(main())), flush=True)
+"""
+
+
+def run_imported(tmp_path, job_input: dict, **env: str) -> list:
+    script = tmp_path / "use_handler.py"
+    script.write_text(IMPORTED.format(root=str(ROOT)))
+    done = subprocess.run(
+        [sys.executable, str(script), json.dumps(job_input)],
+        cwd=tmp_path,
+        env={**os.environ, **ENGINE_ENV, **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    output = done.stdout + done.stderr
+    assert "--- chunks: " in output, output[-3000:]
+    return json.loads(output.split("--- chunks: ")[1].splitlines()[0])
+
+
+@pytest.mark.engine
+def test_an_imported_handler_starts_the_worker_on_first_use(models, tmp_path):
+    chunks = run_imported(tmp_path, {**CHAT_JOB["input"], "stream": False}, TENSOR_PARALLEL_SIZE="1")
+    assert "Paris" in "".join(chunks[0]["choices"][0]["tokens"]), chunks
+
+
+@pytest.mark.slow
+def test_an_imported_handler_that_cannot_start_says_why_in_the_jobs_error(tmp_path):
+    (chunk,) = run_imported(tmp_path, CHAT_JOB["input"], MAX_CONCURRENCY="many")
+    assert chunk["error"]["code"] == 503 and "MAX_CONCURRENCY='many' is not valid" in chunk["error"]["message"]

@@ -43,10 +43,8 @@ def text(status: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def dev(models, tmp_path_factory):
-    endpoint = DevEndpoint(tmp_path_factory.mktemp("load") / "dev.log", MAX_CONCURRENCY="16", DTYPE="float32")
-    yield endpoint
-    endpoint.close()
+def dev(limited_dev):
+    return limited_dev  # MAX_CONCURRENCY=16, float32 (no GPU); its limits are above what these jobs ask
 
 
 def rss(dev: DevEndpoint) -> int:
@@ -56,6 +54,9 @@ def rss(dev: DevEndpoint) -> int:
 
 
 def test_200_jobs_at_concurrency_16_all_complete_with_their_own_output(dev):
+    import httpx
+
+    completed_before = httpx.get(f"{dev.url}/health").json()["jobs"]["completed"]  # the endpoint is shared
     # References: each distinct request alone (30 of them: 10 prompts x 3 lengths).
     references = {}
     for prompt, length in itertools.product(PROMPTS, LENGTHS):
@@ -84,14 +85,13 @@ def test_200_jobs_at_concurrency_16_all_complete_with_their_own_output(dev):
     wrong += run_batch(range(50, 200))
     after_200 = rss(dev)
 
-    import httpx
-
     counts = httpx.get(f"{dev.url}/health").json()["jobs"]
+    completed = counts["completed"] - completed_before
     lost = sum(1 for line in wrong if "COMPLETED" not in line and "!=" not in line)
     duplicated = sum(1 for line in wrong if "!=" in line)  # a repeated or foreign chunk changes the text
     RELIABILITY["load"].append((200 - len(wrong), lost, duplicated))
     assert not wrong, "\n".join(wrong[:20])
     assert counts["inProgress"] == 0 and counts["inQueue"] == 0, counts
-    assert counts["completed"] == 230, counts  # 30 references + 200: each job finished exactly once
+    assert completed == 230, counts  # 30 references + 200: each job finished exactly once
     print(f"worker RSS after 50 jobs: {after_50 / 2**20:.0f} MiB, after 200: {after_200 / 2**20:.0f} MiB")
     assert after_200 - after_50 < RSS_GROWTH_LIMIT, (after_50, after_200)

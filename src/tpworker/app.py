@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import json
 import logging
 import sys
@@ -25,12 +26,39 @@ from tpworker.errors import StartRefused
 log = logging.getLogger("tpworker")
 
 _worker = None  # the worker handler.handler() sends jobs to
+_started = None  # the worker started on first use, when handler.py was imported rather than run
 
 
 def current_worker():
+    """The worker handler.handler() sends jobs to. When handler.py was imported rather than run as a
+    script (RunPod's local tools, a user's own tests), the first job starts it, as main() would: the
+    job waits for the start (tens of seconds; nothing else is served meanwhile)."""
+    global _started
     if _worker is None:
-        raise RuntimeError("The worker is not started: run handler.py as a script.")
+        from tpworker.startup.plan import plan_start
+        from tpworker.startup.start import start_worker
+
+        configure_logging()
+        settings = load_settings()
+        _started = start_worker(settings, plan_start(settings))
+        atexit.register(_started.close)  # vLLM's processes end with this one
+        set_current_worker(_started.worker)
     return _worker
+
+
+async def handle(job):
+    """handler.handler's body: the job's outputs, or, when the worker cannot start, one error that
+    says why (503: no worker serves; the message names what to change)."""
+    try:
+        worker = current_worker()
+    except StartRefused as e:
+        from tpworker.serving.errors import service_unavailable
+
+        log.error("Cannot start: %s", e)
+        yield service_unavailable(f"The worker cannot start: {' '.join(str(e).split())}").to_output()
+        return
+    async for chunk in worker.handle(job):
+        yield chunk
 
 
 def set_current_worker(worker) -> None:
