@@ -4,6 +4,9 @@ from the local hub of tests/hubserver.py), a download into the volume, or a clea
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -122,6 +125,53 @@ def test_an_incomplete_cached_copy_is_not_served(hub, tmp_path, caplog):
     blob.unlink()  # the blob went missing: huggingface_hub's scan reports it
     assert resolve.locate(settings(tmp_path, MODEL_NAME=REPO)).download
     assert "In the hub cache" in caplog.text
+
+
+def test_a_volume_the_worker_may_not_read_is_passed_over_with_a_warning(hub, tmp_path):
+    """As in the image: the worker's user is not root, and the volume's cache may not let it in. Real
+    permissions: run as root, the look happens in a forked process turned into another user (nobody);
+    otherwise the cache is made unreadable to this one."""
+    from huggingface_hub import CacheNotFound, scan_cache_dir  # noqa: F401  (imported before the fork: the
+    # other user may not read this Python's files)
+
+    cache = tmp_path / "volume" / "huggingface-cache" / "hub"
+    snapshot_download(REPO, cache_dir=cache, endpoint=hub.url)
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger(resolve.__name__).addHandler(handler)
+    try:
+        if os.getuid() == 0:
+            tmp_path.chmod(0o700)
+            found, records = _as_another_user(lambda: resolve.find_cached(cache, REPO, None), records)
+        else:
+            cache.chmod(0)
+            found = resolve.find_cached(cache, REPO, None)
+    finally:
+        cache.chmod(0o755)
+        logging.getLogger(resolve.__name__).removeHandler(handler)
+    assert found is None
+    assert any("Cannot read the network volume's hub cache" in r and "Permission denied" in r for r in records)
+
+
+def _as_another_user(look, records: list[str]):
+    """`look()` in a forked child running as nobody: (its result as a string or None, the records it logged)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            found = look()
+            os.write(write_end, json.dumps([None if found is None else str(found), records]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    found, logged = json.loads(data)
+    return found, logged
 
 
 def test_a_model_not_found_locally_is_downloaded_into_the_volume_and_found_there_next_time(hub, tmp_path):

@@ -54,6 +54,15 @@ def find_cached(cache: Path, repo_id: str, revision: str | None) -> Path | None:
         scanned = scan_cache_dir(cache)
     except CacheNotFound:
         return None
+    except OSError as e:  # a volume this user may not read (the image runs as uid 10001), or an I/O error
+        log.warning(
+            "Cannot read the network volume's hub cache %s (%s); the worker runs as uid %d: make the cache "
+            "readable to it to serve models from there. Looking elsewhere.",
+            cache,
+            e.strerror or e,
+            os.getuid(),
+        )
+        return None
     for warning in scanned.warnings:  # e.g. a snapshot whose files point at missing blobs
         log.warning("In the hub cache %s: %s", cache, warning)
     repos = scanned.repos
