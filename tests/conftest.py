@@ -107,24 +107,26 @@ def free_port() -> int:
 
 class DevEndpoint:
     """`tpworker dev` in a subprocess, as a user runs it: RunPod's endpoint API on 127.0.0.1 with
-    the worker behind it on RunPod's production job loop."""
+    the worker behind it on RunPod's production job loop. external_worker: no worker is started
+    (`--external-worker`); one started elsewhere with `worker_environment` takes the jobs."""
 
-    def __init__(self, log_path: Path, **env: str):
+    def __init__(self, log_path: Path, external_worker: bool = False, **env: str):
         import subprocess
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tpworker", "dev", "--port", str(self.port)],
+            [sys.executable, "-m", "tpworker", "dev", "--port", str(self.port)]
+            + (["--external-worker"] if external_worker else []),
             cwd=ROOT,
             env={**os.environ, **ENGINE_ENV, **env},
             stdout=open(log_path, "w"),
             stderr=subprocess.STDOUT,
         )
-        self.wait_ready()
+        self.wait_ready(idle_workers=0 if external_worker else 1)
 
-    def wait_ready(self, timeout: float = 240) -> None:
+    def wait_ready(self, timeout: float = 240, idle_workers: int = 1) -> None:
         import time
 
         import httpx
@@ -134,7 +136,7 @@ class DevEndpoint:
             if self.process.poll() is not None:
                 raise RuntimeError(f"tpworker dev exited: {self.log()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).json()["workers"]["idle"] == 1:
+                if httpx.get(f"{self.url}/health", timeout=2).json()["workers"]["idle"] >= idle_workers:
                     return
             except (httpx.HTTPError, KeyError, ValueError):
                 pass

@@ -75,8 +75,11 @@ def _dev(args: argparse.Namespace) -> int:
 
     from tpworker.dev import server as devserver
 
+    if args.external_worker and args.handler:
+        print("tpworker dev: --handler and --external-worker exclude each other (give one).", file=sys.stderr)
+        return 2
     try:
-        handler = devserver.find_handler(args.handler)
+        handler = None if args.external_worker else devserver.find_handler(args.handler)
     except FileNotFoundError as e:
         print(f"tpworker dev: {e}", file=sys.stderr)
         return 2
@@ -162,6 +165,12 @@ def parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     dev.add_argument("--handler", help="the worker's handler.py (default: ./handler.py, else the repository's)")
     dev.add_argument("--no-restart", action="store_true", help="do not start a new worker when it exits")
+    dev.add_argument(
+        "--external-worker",
+        action="store_true",
+        help="start no worker: print the RUNPOD_WEBHOOK_* variables for one started elsewhere (e.g. a built "
+        "image run with `docker run --network host`) and queue jobs until it takes them",
+    )
     dev.set_defaults(run=_dev)
 
     from tpworker.cluster import command as cluster

@@ -107,32 +107,41 @@ def build_app(endpoint: DevEndpoint, worker_running=lambda: True, lifespan=None)
     return app
 
 
-async def serve(host: str, port: int, handler: Path, restart: bool = True) -> None:
+async def serve(host: str, port: int, handler: Path | None, restart: bool = True) -> None:
+    """Serve the endpoint; with `handler` None no worker is started here: one started elsewhere (a
+    built image, another machine) with the variables printed takes the jobs."""
     import uvicorn
 
     endpoint = DevEndpoint()
     base_url = f"http://{host}:{port}"
-    worker = WorkerProcess(endpoint, handler, base_url, restart)
+    worker = WorkerProcess(endpoint, handler, base_url, restart) if handler else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         # Started and stopped with the server: uvicorn re-raises SIGTERM once serve() returns,
         # so clean-up placed after it would never run.
-        tasks = [asyncio.create_task(worker.supervise()), asyncio.create_task(endpoint.expire())]
+        tasks = [asyncio.create_task(endpoint.expire())]
+        if worker:
+            tasks.append(asyncio.create_task(worker.supervise()))
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
-            await worker.stop()
+            if worker:
+                await worker.stop()
 
-    app = build_app(endpoint, lambda: worker.running, lifespan)
+    # An outside worker's state is not known here: jobs wait in the queue until it asks for them.
+    app = build_app(endpoint, (lambda: worker.running) if worker else (lambda: True), lifespan)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
     print(
         f"tpworker dev: RunPod endpoint API on {base_url} (also {base_url}/v2/dev), "
         f"OpenAI base URL {base_url}/openai/v1",
         flush=True,
     )
+    if not worker:
+        print("No worker started here: start one with these variables set (e.g. docker run --network host -e ...):")
+        print("\n".join(f"{name}={value}" for name, value in worker_environment(base_url).items()), flush=True)
     await server.serve()
 
 
