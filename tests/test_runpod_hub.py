@@ -10,7 +10,7 @@ import json
 import jsonschema
 import pytest
 
-from tpworker import app
+from tpworker import app, cli
 from tpworker.config import envdocs, runpodhub
 from tpworker.config.settings import load_settings
 from tpworker.vllm_bridge import arguments
@@ -174,7 +174,21 @@ def test_presets_and_release_test_settings_are_accepted_by_the_worker():
     env = {e["key"]: e["value"] for e in TESTS["config"]["env"]}
     settings = load_settings(env)
     assert set(env) <= set(settings.sources.values()) | {v.upper() for v in settings.vllm_args()}
-    assert settings.worker.model == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the default model, on the hub
+    assert settings.worker.model == "Qwen/Qwen2.5-0.5B-Instruct"  # small, public, on the hub
+    assert settings.worker.tensor_parallel_auto  # the worker chooses: every GPU it has, when the model splits
+
+
+def test_release_tests_run_tensor_parallel_on_two_gpus(capsys):
+    """The Hub runs the release tests on `gpuCount` real GPUs: 2, and the model's heads split by 2, so the
+    automatic choice is TP=2 there (planned here from the model's config.json, GPUs given as numbers)."""
+    config = TESTS["config"]
+    assert config["gpuCount"] == 2
+    fixture = ROOT / "tests" / "fixtures" / "configs" / "qwen2.5-0.5b-instruct.json"
+    plan = ["plan", str(fixture), "--gpus", "2", "--gpu-memory", "24", "--max-model-len", "2048", "--json"]
+    assert cli.main(plan) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["valid_sizes"] == [1, 2] and report["auto_on_gpus"] == 2
+    assert all(row["weights_fit"] for row in report["rows"])
 
 
 def test_release_tests_are_a_native_prompt_a_streamed_chat_and_an_openai_chat_the_worker_accepts():
