@@ -21,6 +21,8 @@ ARG TOKENIZER_REVISION=""
 ARG QUANTIZATION=""
 # Where RunPod mounts a network volume; its huggingface-cache/hub is searched at start.
 ARG BASE_PATH="/runpod-volume"
+# A Hugging Face mirror to bake the model from (huggingface_hub's HF_ENDPOINT); empty: the hub itself.
+ARG HF_ENDPOINT=""
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 

@@ -20,7 +20,7 @@ UV := $(TOOLS_VENV)/bin/uv
 PIP_WHEEL_FOLDER = $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 UV_TORCH_SOURCE = $(if $(PIP_WHEEL_FOLDER),--find-links $(PIP_WHEEL_FOLDER),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
 
-.PHONY: run test test-fast lint env model lock clean-env
+.PHONY: run test test-fast image-test lint env model lock clean-env
 
 run: env model
 	TENSOR_PARALLEL_SIZE=$(TP) $(PY) handler.py
@@ -31,7 +31,13 @@ test: env model
 # Every test that starts no engine, no Ray cluster and no subprocess (under a minute): settings, plans, job
 # parsing, the worker on a fake engine, the dev endpoint's job state, the job loop, the layer rules.
 test-fast: env model
-	$(PY) -m pytest -m "not engine and not ray and not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not engine and not ray and not slow and not image" $(PYTEST_ARGS)
+
+# The image users deploy, built and run: the Dockerfile on a CPU stand-in for its vLLM base (image/), the checks
+# of tests/test_image.py. Needs root; installs buildah and debootstrap with apt-get when they are missing.
+image-test: env model
+	image/install-tools.sh
+	$(PY) -m pytest -s -m image tests/test_image.py $(PYTEST_ARGS)
 
 # ruff (the Python code's lint rules and formatting), the layer rules, hadolint (Dockerfile), actionlint
 # (workflows), shellcheck (build scripts) and the image's other checks; `make test` runs them too.
@@ -63,6 +69,9 @@ lock: $(UV)
 		--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" -o $(CPU_LOCK)
 	$(UV) pip compile pyproject.toml builder/requirements.in --python-version 3.12 \
 		--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" -o builder/requirements.lock
+	$(UV) pip compile image/cpu-base.in --constraint $(CPU_LOCK) --override requirements/cpu-overrides.txt \
+		$(UV_TORCH_SOURCE) --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		--custom-compile-command "make lock" -o image/cpu-base.lock
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS_VENV)

@@ -14,6 +14,10 @@ if [[ -s /run/secrets/HF_TOKEN ]]; then
   HF_TOKEN="$(< /run/secrets/HF_TOKEN)"
   export HF_TOKEN
 fi
+# An empty build argument means the hub itself (huggingface_hub would take "" as the address).
+if [[ -z "${HF_ENDPOINT:-}" ]]; then
+  unset HF_ENDPOINT
+fi
 # Caches the hub client keeps (e.g. Xet chunks) go to a scratch folder, not into the image.
 HF_HOME="$(mktemp -d)"
 export HF_HOME

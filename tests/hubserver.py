@@ -62,7 +62,8 @@ def _blob(path: Path) -> Blob:
 
 
 class FakeHub:
-    def __init__(self):
+    def __init__(self, granted_token: str = GRANTED_TOKEN):
+        self.granted_token = granted_token  # the token a gated repo's files need
         self.repos: dict[str, Repo] = {}
         self.requests: list[Request] = []
         self.cut_once: dict[str, int] = {}  # LFS sha256 -> bytes to send before dropping the connection
@@ -205,7 +206,7 @@ class FakeHub:
     def _resolve(self, h, repo_id: str, revision: str, name: str, body: bool) -> None:
         if not (repo := self._repo_at(h, repo_id, revision)):
             return
-        if repo.gated and h.headers.get("Authorization") != f"Bearer {GRANTED_TOKEN}":
+        if repo.gated and h.headers.get("Authorization") != f"Bearer {self.granted_token}":
             return self._error(
                 h,
                 401 if "Authorization" not in h.headers else 403,

