@@ -55,16 +55,20 @@ def worker_packages(packages: dict[str, tuple[Requirement, set[str]]]) -> set[st
         wanted |= more
 
 
-def main(lock: str, constraints: str, requirements: str) -> None:
-    base = installed()
-    has = set(base) | {SAME_PACKAGE[name] for name in base if name in SAME_PACKAGE}
-    Path(constraints).write_text("".join(f"{name}=={version}\n" for name, version in sorted(base.items())))
-    packages = locked(Path(lock))
-    added = [
+def to_add(packages: dict[str, tuple[Requirement, set[str]]], base: set[str]) -> list[Requirement]:
+    """The pins of what the worker needs that a base holding the packages `base` lacks, for this Python."""
+    has = base | {SAME_PACKAGE[name] for name in base if name in SAME_PACKAGE}
+    return [
         packages[name][0]
         for name in sorted(worker_packages(packages) - has)
         if packages[name][0].marker is None or packages[name][0].marker.evaluate()
     ]
+
+
+def main(lock: str, constraints: str, requirements: str) -> None:
+    base = installed()
+    Path(constraints).write_text("".join(f"{name}=={version}\n" for name, version in sorted(base.items())))
+    added = to_add(locked(Path(lock)), set(base))
     Path(requirements).write_text("".join(f"{r}\n" for r in added))
     print(
         f"The base image has {len(base)} packages, held as they are; the worker adds {len(added)}: "

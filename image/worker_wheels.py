@@ -9,17 +9,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "builder"))
-from image_requirements import SAME_PACKAGE, locked, worker_packages  # noqa: E402
+from image_requirements import locked, to_add  # noqa: E402
 
 
 def main(image_lock: str, base_lock: str) -> None:
-    base = set(locked(Path(base_lock)))
-    base |= {SAME_PACKAGE[name] for name in base if name in SAME_PACKAGE}
-    packages = locked(Path(image_lock))
-    for name in sorted(worker_packages(packages) - base):
-        requirement = packages[name][0]
-        if requirement.marker is None or requirement.marker.evaluate():
-            print(requirement)
+    for requirement in to_add(locked(Path(image_lock)), set(locked(Path(base_lock)))):
+        print(requirement)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 class CommandFailed(AssertionError):
@@ -82,11 +82,18 @@ class Buildah:
     ) -> subprocess.CompletedProcess:
         """`command` inside the container as the image's USER. offline: in a network namespace of its own with
         only a loopback device (vLLM's ranks talk over it), so nothing outside the machine can be reached."""
-        args = ["run", "--isolation", "chroot"]
-        args += [f"--env={name}={value}" for name, value in (env or {}).items()]
-        args += [f"--volume={source}:{target}" for source, target in (volumes or {}).items()]
         prefix = ("unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "offline") if offline else ()
-        return self(*args, container, "--", *command, log=log, timeout=timeout, check=False, prefix=prefix)
+        args = run_arguments(container, command, env, volumes)
+        return self(*args, log=log, timeout=timeout, check=False, prefix=prefix)
+
+    def start(self, container: str, command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+        """`command` inside the container in the background, in a process group of its own (to stop it whole)."""
+        return subprocess.Popen(
+            ["buildah", *run_arguments(container, command, env)],
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def export(self, image: str, folder: Path) -> list[Path]:
         """The image as an OCI layout; returns the layer files, base first."""
@@ -94,6 +101,13 @@ class Buildah:
         index = json.loads((folder / "index.json").read_text())
         manifest = _blob(folder, index["manifests"][0]["digest"])
         return [_blob_path(folder, layer["digest"]) for layer in json.loads(manifest)["layers"]]
+
+
+def run_arguments(container: str, command: list[str], env=None, volumes=None) -> list[str]:
+    args = ["run", "--isolation", "chroot"]
+    args += [f"--env={name}={value}" for name, value in (env or {}).items()]
+    args += [f"--volume={source}:{target}" for source, target in (volumes or {}).items()]
+    return [*args, container, "--", *command]
 
 
 def _blob_path(folder: Path, digest: str) -> Path:

@@ -210,12 +210,7 @@ def test_the_worker_serves_a_job_on_runpods_job_loop(buildah, baked, tmp_path):
     try:
         with buildah.container(BAKED) as container:
             env = {**RUN_ENV, **worker_environment(dev.url)}
-            args = ["run", "--isolation", "chroot", *[f"--env={k}={v}" for k, v in env.items()], container, "--"]
-            log = open(tmp_path / "worker.log", "w")
-            worker = subprocess.Popen(
-                ["buildah", *args, *entry_point(buildah, BAKED)], stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
+            worker = buildah.start(container, entry_point(buildah, BAKED), tmp_path / "worker.log", env)
             try:
                 job_id = dev.run(CHAT["input"])
                 status = dev.wait_status(job_id, seconds=300)
