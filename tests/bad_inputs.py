@@ -127,7 +127,35 @@ NATIVE = [
 
 # OpenAI form: {"openai_route", "openai_input"}, what RunPod's /openai/v1 gateway sends.
 OPENAI = [
-    ("unknown route", {"openai_route": "/v1/embeddings", "openai_input": {}}, ["/v1/embeddings", "Accepted"]),
+    ("unknown route", {"openai_route": "/v1/embed", "openai_input": {}}, ["/v1/embed'", "Accepted"]),
+    (
+        "pooling route on a generative model",
+        {"openai_route": "/v1/embeddings", "openai_input": {"input": "Hi"}},
+        ["/v1/embeddings", "pooling"],
+    ),
+    ("route form: unknown route", {"route": "/v1/embed", "body": {}}, ["route", "/v1/embed'", "Accepted"]),
+    ("route form: wrong method", {"route": "/tokenize", "body": {"prompt": "Hi"}, "method": "GET"}, ["method", "POST"]),
+    ("route form: body is a list", {"route": "/tokenize", "body": [1]}, ["body"]),
+    (
+        "anthropic messages without max_tokens",
+        {
+            "route": "/v1/messages",
+            "body": {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi"}]},
+        },
+        ["max_tokens"],
+    ),
+    (
+        "anthropic max_tokens over the limit",
+        {
+            "route": "/v1/messages",
+            "body": {
+                "model": "SmolLM2-135M-Instruct",
+                "max_tokens": 600,
+                "messages": [{"role": "user", "content": "Hi"}],
+            },
+        },
+        ["max_tokens", "MAX_OUTPUT_TOKENS"],
+    ),
     ("route is a number", {"openai_route": 5, "openai_input": {}}, ["openai_route"]),
     ("body is a string", {"openai_route": "/v1/chat/completions", "openai_input": "Hi"}, ["openai_input"]),
     ("body is missing", {"openai_route": "/v1/chat/completions"}, ["openai_input"]),

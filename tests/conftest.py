@@ -201,6 +201,39 @@ class DevEndpoint:
         self.process.wait(30)
 
 
+class VllmServer:
+    """vLLM's own OpenAI server (`vllm serve`'s entry point) on the same model with the same engine
+    settings as the dev endpoint's worker: the reference every route's answer is compared with."""
+
+    def __init__(self, model: Path, log_path: Path, served_name: str, *extra: str):
+        import subprocess
+        import time
+
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model)]
+        command += ["--port", str(self.port), "--served-model-name", served_name, "--enforce-eager"]
+        command += ["--dtype", "float32", "--max-model-len", ENGINE_ENV["MAX_MODEL_LEN"]]
+        command += ["--kv-cache-memory-bytes", ENGINE_ENV["KV_CACHE_MEMORY_BYTES"], *extra]
+        self.log_path = log_path
+        self.process = subprocess.Popen(command, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while True:
+            assert self.process.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "vLLM's server did not start"
+            try:
+                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(1)
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+
+
 # ---- the reliability summary printed at the end of a run (faults, bad inputs, load)
 
 RELIABILITY: dict[str, list] = {"faults": [], "bad_inputs": [], "load": []}

@@ -80,7 +80,8 @@ def test_the_hubs_release_tests_pass_on_the_baked_model(baked):
     tests = {t["name"]: t["input"] for t in json.loads((ROOT / ".runpod" / "tests.json").read_text())["tests"]}
     # The Hub runs them on its model (Qwen2.5-0.5B-Instruct, TP=2 on 2 GPUs) and passes a test whose job
     # completes; here they run on the default model, whose answers are checked. The OpenAI job names the model.
-    tests["openai_chat"]["openai_input"]["model"] = REPO
+    for name, field in (("openai_chat", "openai_input"), ("anthropic_messages", "body"), ("tokenize", "body")):
+        tests[name][field]["model"] = REPO
     worker = RunningWorker(**worker_env(hub, manifest_file))
     try:
         answers = {name: worker.job(job_input, job_id=name) for name, job_input in tests.items()}
@@ -93,3 +94,7 @@ def test_the_hubs_release_tests_pass_on_the_baked_model(baked):
     assert len(streamed) > 1 and "Paris" in text_of(streamed)
     assert "Paris" in answers["openai_chat"][0]["choices"][0]["message"]["content"]
     assert answers["openai_chat"][0]["model"] == REPO
+    message = answers["anthropic_messages"][0]
+    assert message["type"] == "message" and "Paris" in message["content"][0]["text"]
+    tokens = answers["tokenize"][0]
+    assert tokens["count"] == len(tokens["tokens"]) > 3

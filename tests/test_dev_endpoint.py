@@ -7,17 +7,13 @@ module; RunPod's cloud is the only stand-in (tpworker dev plays its part)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
-import time
 
 import httpx
 import openai
 import pytest
 
-from conftest import ENGINE_ENV, DevEndpoint, free_port
+from conftest import DevEndpoint
 
 pytestmark = pytest.mark.engine
 
@@ -240,56 +236,3 @@ def test_health_counts_jobs(dev):
     assert health["workers"]["idle"] + health["workers"]["running"] == 1
     assert health["jobs"]["completed"] == before["completed"] + 1
     assert health["jobs"]["failed"] == before["failed"] + 1
-
-
-def test_a_chat_completion_matches_vllms_own_openai_server(dev, client, models, tmp_path):
-    """The same request with the same seed to vLLM's own server (same model and engine settings)."""
-    port = free_port()
-    log = open(tmp_path / "vllm.log", "w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(models[1]),
-            "--port",
-            str(port),
-            "--served-model-name",
-            MODEL,
-            "--enforce-eager",
-            "--dtype",
-            "float32",
-            "--max-model-len",
-            ENGINE_ENV["MAX_MODEL_LEN"],
-            "--kv-cache-memory-bytes",
-            ENGINE_ENV["KV_CACHE_MEMORY_BYTES"],
-        ],
-        env=os.environ.copy(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert server.poll() is None, (tmp_path / "vllm.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "vLLM's server did not start"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
-        theirs = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-        request = dict(
-            model=MODEL,
-            messages=[{"role": "user", "content": "Write one sentence about the sea."}],
-            temperature=0.9,
-            seed=1234,
-            max_tokens=32,
-        )
-        ours = client.chat.completions.create(**request).choices[0].message.content
-        reference = theirs.chat.completions.create(**request).choices[0].message.content
-    finally:
-        server.terminate()
-        server.wait(60)
-    assert ours == reference and len(ours) > 20

@@ -18,8 +18,8 @@ DEFAULT = BatchPolicy(max_size=50, min_size=1, growth_factor=3)
 LIMITS = Limits.from_settings(WorkerSettings())  # the defaults, from the settings alone
 
 
-def parse(job_input, max_n=16):
-    limits = dataclasses.replace(LIMITS, max_n=max_n)
+def parse(job_input, max_n=16, max_output_tokens=None):
+    limits = dataclasses.replace(LIMITS, max_n=max_n, max_output_tokens=max_output_tokens)
     return parse_job({"id": "j", "input": job_input}, default_batching=DEFAULT, limits=limits)
 
 
@@ -90,3 +90,33 @@ def test_the_limits_defaults_and_checks_come_from_the_settings():
         capped.check_request_bytes("x" * 1000)
     capped.check_n(2, "n"), capped.check_output_tokens(100, "max_tokens"), capped.check_prompt_tokens(10, "prompt")
     assert (capped.default_output_tokens(512), LIMITS.default_output_tokens(512)) == (100, 512)
+
+
+def test_both_route_forms_reach_the_same_request():
+    from tpworker.serving.jobs import OpenAIRequest
+
+    body = {"model": "m", "prompt": "Hi"}
+    assert parse({"openai_route": "/tokenize", "openai_input": body}) == OpenAIRequest("/tokenize", body, "POST")
+    assert parse({"route": "/tokenize/", "body": body, "method": "post"}) == OpenAIRequest("/tokenize", body, "POST")
+    assert parse({"route": "/v1/messages", "body": {**body, "stream": True}}).stream
+    # a model list without a body, as RunPod's gateway sends it, in either form
+    assert parse({"openai_route": "/v1/models"}) == OpenAIRequest("/v1/models", None, "GET")
+    assert parse({"route": "/v1/models", "method": "GET"}) == OpenAIRequest("/v1/models", None, "GET")
+
+
+@pytest.mark.parametrize(
+    "job_input,param,words",
+    [
+        ({"route": "/generate", "body": {}}, "route", ["'/generate'", "Accepted", "/v1/messages", "/tokenize"]),
+        ({"openai_route": "/v1/engines", "openai_input": {}}, "openai_route", ["'/v1/engines'"]),
+        ({"route": "/tokenize", "body": {}, "method": "PUT"}, "method", ["POST", "'PUT'"]),
+        ({"route": "/v1/models", "body": {"a": 1}}, "body", ["GET"]),
+        ({"route": "/tokenize", "body": None}, "body", ["JSON object", "/tokenize"]),
+        ({"route": "/tokenize", "body": {}, "openai_input": {}}, "route", ["openai_route", "not both"]),
+        ({"route": "/v1/messages", "body": {"max_tokens": 10**6, "messages": []}}, "max_tokens", ["MAX_OUTPUT_TOKENS"]),
+    ],
+)
+def test_a_bad_route_job_names_the_field(job_input, param, words):
+    with pytest.raises(JobError) as refused:
+        parse(job_input, max_output_tokens=512)
+    assert refused.value.param == param and all(word in refused.value.message for word in words), refused.value

@@ -1,5 +1,5 @@
 """RunPod's endpoint API as clients see it (/run, /runsync, /stream, /status, /cancel, /health,
-/purge-queue), and the OpenAI routes of RunPod's gateway (/openai/v1/...), over the dev endpoint's jobs."""
+/purge-queue), and RunPod's gateway (/openai/<route>: every route the worker serves), over the dev endpoint's jobs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tpworker.dev.jobs import FINAL, RUNSYNC_WAIT_SECONDS, STREAM_WAIT_SECONDS, DevEndpoint, Job, openai_error
+from tpworker.serving.jobs import ROUTES
 
 
 class Refused(Exception):
@@ -87,48 +88,42 @@ def client_router(endpoint: DevEndpoint, worker_running) -> APIRouter:
             removed += 1
         return {"removed": removed, "status": "completed"}
 
-    async def openai(route: str, body: dict) -> Response:
+    async def openai(route: str, body: dict | None) -> Response:
         job = endpoint.submit({"openai_route": route, "openai_input": body})
-        if body.get("stream") is True:
+        if isinstance(body, dict) and body.get("stream") is True:
             await endpoint.wait(job, RUNSYNC_WAIT_SECONDS, for_chunk=True)
             if job.status in FINAL and not job.chunks:
-                error, code = openai_error(job)
-                return JSONResponse(error, status_code=code)
+                return _error_response(route, job)
             return StreamingResponse(_sse(endpoint, job), media_type="text/event-stream")
         await endpoint.wait(job, 3600)
         if job.status != "COMPLETED":
-            error, code = openai_error(job)
-            return JSONResponse(error, status_code=code)
+            return _error_response(route, job)
         output = job.output[0] if isinstance(job.output, list) and job.output else job.output
         return JSONResponse(output)
 
-    @api.get("/openai/v1/models")
-    async def models():
-        return await openai("/v1/models", {})
+    async def call(route: str, request: Request) -> Response:
+        """The gateway's /openai/<route>: the body (none for GET) becomes the job's openai_input."""
+        if ROUTES.get(f"/{route}") != "POST":
+            return await openai(f"/{route}", None)  # the worker refuses an unknown route by name
+        try:
+            body = await request.json()
+        except (ValueError, RecursionError):
+            body = None
+        if not isinstance(body, dict):
+            error = {"message": "The request body must be a JSON object (valid UTF-8 JSON).", "type": "BadRequestError"}
+            return JSONResponse({"error": {**error, "param": None, "code": 400}}, status_code=400)
+        return await openai(f"/{route}", body)
 
-    for route in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):
-
-        async def call(request: Request, route: str = route):
-            try:
-                body = await request.json()
-            except (ValueError, RecursionError):
-                body = None
-            if not isinstance(body, dict):
-                return JSONResponse(
-                    {
-                        "error": {
-                            "message": "The request body must be a JSON object (valid UTF-8 JSON).",
-                            "type": "BadRequestError",
-                            "param": None,
-                            "code": 400,
-                        }
-                    },
-                    status_code=400,
-                )
-            return await openai(route, body)
-
-        api.add_api_route(f"/openai{route}", call, methods=["POST"])
+    api.add_api_route("/openai/{route:path}", call, methods=["GET", "POST"])
     return api
+
+
+def _error_response(route: str, job: Job) -> JSONResponse:
+    """A failed job's error with its status, in the shape of the route's API (Anthropic's for /v1/messages)."""
+    error, code = openai_error(job)
+    if route.startswith("/v1/messages"):
+        error = {"type": "error", "error": {"type": error["error"]["type"], "message": error["error"]["message"]}}
+    return JSONResponse(error, status_code=code)
 
 
 async def _sse(endpoint: DevEndpoint, job: Job):

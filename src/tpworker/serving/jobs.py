@@ -4,7 +4,9 @@ Native form (RunPod worker-vllm's): {"prompt": str} or {"messages": [...]}, with
 "sampling_params" (vLLM SamplingParams fields), "stream", "apply_chat_template" and the
 stream-batching overrides "max_batch_size", "min_batch_size", "batch_size_growth_factor".
 OpenAI form (what RunPod's /openai/v1 gateway sends): {"openai_route": "/v1/chat/completions",
-"openai_input": {...the OpenAI request body...}}; the body itself is checked by vLLM.
+"openai_input": {...the OpenAI request body...}}. Route form (worker-vllm's current release):
+{"route": "/tokenize", "body": {...}, "method": "POST"}. Both reach any route in ROUTES; the body
+itself is checked by vLLM.
 """
 
 from __future__ import annotations
@@ -19,7 +21,29 @@ from tpworker.serving.errors import JobError
 from tpworker.serving.limits import Limits
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
-OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models")
+# The vLLM server routes a job may call, with the HTTP method each takes. Pooling routes answer
+# only when the model runs as a pooling model, generation routes only when it generates.
+ROUTES = {
+    "/v1/chat/completions": "POST",
+    "/v1/completions": "POST",
+    "/v1/responses": "POST",
+    "/v1/models": "GET",
+    "/v1/messages": "POST",  # Anthropic's Messages API
+    "/v1/messages/count_tokens": "POST",
+    "/tokenize": "POST",
+    "/detokenize": "POST",
+    "/v1/embeddings": "POST",
+    "/pooling": "POST",
+    "/classify": "POST",
+    "/score": "POST",
+    "/v1/score": "POST",
+    "/rerank": "POST",
+    "/v1/rerank": "POST",
+    "/v2/rerank": "POST",
+}
+GENERATION_ROUTES = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/v1/messages/count_tokens"}
+)
 
 
 class Message(BaseModel):
@@ -182,12 +206,13 @@ def parse_native(job_input: Any, *, default_batching: BatchPolicy, limits: Limit
 
 @dataclass(frozen=True)
 class OpenAIRequest:
-    route: str  # one of OPENAI_ROUTES
-    body: dict
+    route: str  # one of ROUTES
+    body: dict | None  # None: a request without a body (GET)
+    method: str = "POST"
 
     @property
     def stream(self) -> bool:
-        return self.body.get("stream") is True
+        return isinstance(self.body, dict) and self.body.get("stream") is True
 
 
 # OpenAI body fields bounded by the worker's limits (the rest vLLM checks itself).
@@ -210,27 +235,41 @@ def _check_openai_body(route: str, body: dict, limits: Limits) -> None:
         limits.check_output_tokens(body.get(name), name)
 
 
-def parse_openai(job_input: dict, limits: Limits) -> OpenAIRequest:
-    route, body = job_input.get("openai_route"), job_input.get("openai_input")
-    if not isinstance(route, str) or route.rstrip("/") not in OPENAI_ROUTES:
+ROUTE_FORMS = {  # job form -> (route field, body field, its other fields)
+    "openai": ("openai_route", "openai_input", set()),
+    "route": ("route", "body", {"method"}),
+}
+
+
+def parse_route_job(job_input: dict, limits: Limits) -> OpenAIRequest:
+    """Either form: {"openai_route", "openai_input"} or {"route", "body", "method"}."""
+    form = "openai" if ("openai_route" in job_input or "openai_input" in job_input) else "route"
+    if form == "openai" and {"route", "body", "method"} & set(job_input):
+        raise JobError("Give either openai_route and openai_input, or route, body and method: not both.", param="route")
+    route_field, body_field, others = ROUTE_FORMS[form]
+    route, body = job_input.get(route_field), job_input.get(body_field)
+    unknown = sorted(set(job_input) - {route_field, body_field, *others})
+    if unknown:
+        raise JobError(f"Unknown field '{unknown[0]}' beside {route_field} and {body_field}.", param=unknown[0])
+    route = route.rstrip("/") if isinstance(route, str) else route
+    if route not in ROUTES:
         raise JobError(
-            f"Unknown openai_route {route!r}. Accepted: {', '.join(OPENAI_ROUTES)}.",
-            param="openai_route",
+            f"Unknown {route_field} {route!r}. Accepted: {', '.join(ROUTES)}.",
+            param=route_field,
             type="NotFoundError",
             code=404,
         )
-    route = route.rstrip("/")
-    if body is None and route == "/v1/models":
-        body = {}
+    method = job_input.get("method", ROUTES[route])
+    if not isinstance(method, str) or method.upper() != ROUTES[route]:
+        raise JobError(f"method: {route} takes {ROUTES[route]}, not {method!r}.", param="method", code=405)
+    if ROUTES[route] == "GET":
+        if body not in (None, {}):
+            raise JobError(f"{body_field}: {route} takes no body (it is a GET route).", param=body_field)
+        return OpenAIRequest(route, None, "GET")
     if not isinstance(body, dict):
-        raise JobError("openai_input must be a JSON object: the OpenAI request body.", param="openai_input")
-    unknown = set(job_input) - {"openai_route", "openai_input"}
-    if unknown:
-        raise JobError(
-            f"Unknown field '{sorted(unknown)[0]}' beside openai_route and openai_input.", param=sorted(unknown)[0]
-        )
+        raise JobError(f"{body_field} must be a JSON object: the request body of {route}.", param=body_field)
     _check_openai_body(route, body, limits)
-    return OpenAIRequest(route, body)
+    return OpenAIRequest(route, body, "POST")
 
 
 def parse_job(job: Any, *, default_batching: BatchPolicy, limits: Limits) -> NativeRequest | OpenAIRequest:
@@ -240,6 +279,6 @@ def parse_job(job: Any, *, default_batching: BatchPolicy, limits: Limits) -> Nat
     job_input = job["input"]
     limits.check_request_bytes(job_input)
     check_json_values(job_input)
-    if isinstance(job_input, dict) and ("openai_route" in job_input or "openai_input" in job_input):
-        return parse_openai(job_input, limits)
+    if isinstance(job_input, dict) and {"openai_route", "openai_input", "route"} & set(job_input):
+        return parse_route_job(job_input, limits)
     return parse_native(job_input, default_batching=default_batching, limits=limits)

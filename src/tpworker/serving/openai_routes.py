@@ -17,7 +17,7 @@ from contextlib import aclosing
 from tpworker.serving.batching import BatchPolicy
 from tpworker.serving.engine import Engine
 from tpworker.serving.errors import JobError
-from tpworker.serving.jobs import OpenAIRequest
+from tpworker.serving.jobs import GENERATION_ROUTES, OpenAIRequest
 from tpworker.serving.limits import Limits
 from tpworker.vllm_bridge import sampling
 from tpworker.vllm_bridge.arguments import flags_to_variables
@@ -29,6 +29,8 @@ def _located(message: str, param: str | None, body: dict) -> tuple[str, str | No
     (--trust-request-chat-template -> TRUST_REQUEST_CHAT_TEMPLATE), and a grammar that does not
     compile attributed to the field that carried it."""
     message = flags_to_variables(message)
+    if param and param.startswith("body."):  # vLLM's server locates a field from the HTTP body; a job has no body
+        param = param[len("body.") :]
     if param is None and sampling.is_grammar_error(message):
         param = next((f for f in ("response_format", "structured_outputs", "guided_json") if f in body), None)
         if param:
@@ -74,22 +76,32 @@ class OpenAIRoutes:
 
     async def run(self, request: OpenAIRequest) -> AsyncIterator:
         server = await self.server()
-        reply = await server.call(request.route, request.body)
+        reply = await server.call(request.route, request.body, request.method)
         if reply.events is None:
             if reply.status >= 400:
-                error = reply.body["error"]
-                message, param = _located(error["message"], error.get("param"), request.body)
-                raise JobError(
-                    message,
-                    param=param,
-                    type=error.get("type", "BadRequestError"),
-                    code=error.get("code", reply.status),
-                )
+                raise self._error(request, reply.status, reply.body, server.tasks)
             yield reply.body
             return
         async with aclosing(reply.events) as events:
             async for batch in self._batched(events):
                 yield batch
+
+    @staticmethod
+    def _error(request: OpenAIRequest, status: int, body: dict, tasks: tuple[str, ...]) -> JobError:
+        """The route's error object (OpenAI's, Anthropic's, or FastAPI's {"detail"}) as the job's error."""
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        if status == 404 and body.get("detail") == "Not Found":  # vLLM registers no such route for this model
+            return JobError(
+                f"{request.route} is not served for this model: vLLM serves it only when the model runs as "
+                f"{'a generative' if request.route in GENERATION_ROUTES else 'a pooling'} model, and this one "
+                f"runs for {', '.join(tasks)} (RUNNER and CONVERT choose how vLLM runs the model).",
+                type="NotFoundError",
+                code=404,
+            )
+        message = error.get("message") or str(body.get("detail") or body)
+        message, param = _located(message, error.get("param"), request.body or {})
+        code = error.get("code") if isinstance(error.get("code"), int) else status
+        return JobError(message, param=param, type=error.get("type", "BadRequestError"), code=code)
 
     async def _batched(self, events: AsyncIterator[str]) -> AsyncIterator:
         """Whole SSE events, grouped: `min_size` events in the first yield, growing by the

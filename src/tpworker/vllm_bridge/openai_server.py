@@ -1,12 +1,16 @@
-"""vLLM's own OpenAI serving objects on the worker's engine, called in process (no HTTP hop)."""
+"""vLLM's own OpenAI server (its FastAPI application and serving objects) on the worker's engine,
+called in process (no HTTP hop)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 from tpworker.vllm_bridge.arguments import server_namespace
+from tpworker.vllm_bridge.asgi_call import call_asgi
 from tpworker.vllm_bridge.async_engine import is_engine_dead
 
 
@@ -40,23 +44,31 @@ class LimitedEngineClient:
     def __getattr__(self, name):
         return getattr(self._llm, name)
 
-    def generate(self, prompt, sampling_params, request_id, *args, **kwargs):
+    def _check_prompt(self, prompt) -> None:
         count = len(prompt.get("prompt_token_ids") or ()) if isinstance(prompt, dict) else 0
         if problem := self._prompt_problem(count):
             raise ValueError(problem[0].upper() + problem[1:])  # vLLM's error mapping: a 400 with this message
+
+    def generate(self, prompt, sampling_params, request_id, *args, **kwargs):
+        self._check_prompt(prompt)
         cap = self._max_output_tokens
         if cap is not None and getattr(sampling_params, "max_tokens", None) is not None:
             sampling_params.max_tokens = min(sampling_params.max_tokens, cap)
         return self._llm.generate(prompt, sampling_params, request_id, *args, **kwargs)
 
+    def encode(self, prompt, pooling_params, request_id, *args, **kwargs):
+        self._check_prompt(prompt)
+        return self._llm.encode(prompt, pooling_params, request_id, *args, **kwargs)
+
 
 class OpenAIServer:
-    """vLLM's own OpenAI serving objects (`vllm serve`'s, built by its init_app_state) on this
-    worker's engine: the same request validation, templates, tool and reasoning parsers, and
-    response objects as vLLM's server, without an HTTP hop."""
+    """vLLM's own HTTP application (`vllm serve`'s routes, built by its build_app and
+    init_app_state) on this worker's engine, called in process: the same routes, request
+    validation, templates, tool and reasoning parsers, response objects and errors as vLLM's
+    server, without a socket."""
 
-    def __init__(self, state):
-        self._state = state
+    def __init__(self, app, llm, tasks: tuple[str, ...], headers: dict[str, str]):
+        self._app, self._llm, self.tasks, self._headers = app, llm, tasks, headers
 
     @classmethod
     async def create(
@@ -71,8 +83,11 @@ class OpenAIServer:
         """Call inside the event loop that serves jobs (the engine binds to it). The worker's limits:
         `prompt_problem(prompt tokens)` says why a rendered prompt is refused (None: it is not), and
         a max_tokens vLLM defaults is capped at `max_output_tokens`."""
-        from starlette.datastructures import State
+        from types import SimpleNamespace
+
+        from vllm import envs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.app import build_app
 
         llm = LimitedEngineClient(llm, prompt_problem, max_output_tokens)
 
@@ -80,54 +95,43 @@ class OpenAIServer:
         args.model, args.served_model_name = model, served_names
         # the engine's final structured-output settings (REASONING_PARSER ends up there)
         args.structured_outputs_config = llm.vllm_config.structured_outputs_config
-        state = State()
-        await init_app_state(llm, state, args, supported_tasks=await llm.get_supported_tasks())
-        return cls(state)
+        tasks = tuple(await llm.get_supported_tasks())
+        app = build_app(args, tasks, llm.model_config)
+        await init_app_state(llm, app.state, args, supported_tasks=tasks)
+        # vLLM's engine-error handler asks the HTTP server to exit; here the worker decides that
+        app.state.server = SimpleNamespace(should_exit=False)
+        # RunPod authenticated the job; a VLLM_API_KEY set for vLLM's own server must not refuse it
+        headers = {"authorization": f"Bearer {envs.VLLM_API_KEY}"} if envs.VLLM_API_KEY else {}
+        return cls(app, llm, tasks, headers)
 
-    @staticmethod
-    def _request_type(route: str):
-        if route == "/v1/chat/completions":
-            from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as request
-        elif route == "/v1/completions":
-            from vllm.entrypoints.openai.completion.protocol import CompletionRequest as request
-        else:
-            from vllm.entrypoints.openai.responses.protocol import ResponsesRequest as request
-        return request
-
-    async def call(self, route: str, body: dict) -> OpenAIReply:
-        """Run one OpenAI request. Every failure comes back as OpenAI's error object with its status
-        (an engine that died is raised, for the worker to report)."""
-        from pydantic import ValidationError
+    async def call(self, route: str, body: dict | None, method: str = "POST") -> OpenAIReply:
+        """Run one request on one of vLLM's routes. Every failure comes back as the route's error
+        object with its status (an engine that died is raised, for the worker to report)."""
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         try:
-            if route == "/v1/models":
-                models = await self._state.openai_serving_models.show_available_models()
-                return OpenAIReply(200, models.model_dump())
-            request = self._request_type(route).model_validate(body)
-            if route == "/v1/chat/completions":
-                result = await self._state.openai_serving_chat.create_chat_completion(request, None)
-            elif route == "/v1/completions":
-                result = await self._state.openai_serving_completion.create_completion(request, None)
-            else:
-                result = await self._state.openai_serving_responses.create_responses(request, None)
-        except ValidationError as e:
-            return OpenAIReply(400, self.validation_error(e))
-        except Exception as e:  # vLLM raises some request errors instead of returning them
+            response = await call_asgi(self._app, method, route, body, self._headers)
+        except Exception as e:  # raised before any answer: vLLM's own mapping to an error object
             if is_engine_dead(e):
                 raise
             error = self.error_from_exception(e)
             return OpenAIReply(error["error"]["code"], error)
-        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        if response.content_type.startswith("text/event-stream"):
+            return OpenAIReply(200, events=self._texts(response.body))
+        raw = b"".join([part async for part in response.body])
+        if response.status >= 500 and self._llm.errored:
+            raise EngineDeadError()
+        try:
+            answer = json.loads(raw) if raw else {}
+        except ValueError:
+            answer = {"error": {"message": raw.decode(errors="replace"), "type": "InternalServerError"}}
+        return OpenAIReply(response.status, answer)
 
-        if isinstance(result, ErrorResponse):
-            return OpenAIReply(result.error.code, result.model_dump())
-        if hasattr(result, "model_dump"):
-            return OpenAIReply(200, result.model_dump(mode="json", by_alias=True))
-        if route == "/v1/responses":
-            from vllm.entrypoints.openai.responses.api_router import _convert_stream_to_sse_events
-
-            result = _convert_stream_to_sse_events(result)
-        return OpenAIReply(200, events=result)
+    @staticmethod
+    async def _texts(parts: AsyncIterator[bytes]) -> AsyncIterator[str]:
+        async with aclosing(parts):
+            async for part in parts:
+                yield part.decode()
 
     @staticmethod
     def error_from_exception(error: Exception) -> dict:
@@ -135,14 +139,3 @@ class OpenAIServer:
         from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
         return create_error_response(error).model_dump()
-
-    @staticmethod
-    def validation_error(error) -> dict:
-        """A request that does not parse, reported as vLLM's server reports it (400, the field)."""
-        from vllm.entrypoints.serve.exception_handling.handlers.validation import clean_loc_for_param
-        from vllm.entrypoints.serve.exception_handling.utils import sanitize_message
-
-        first = error.errors()[0]
-        param = clean_loc_for_param(tuple(first["loc"])) if first.get("loc") else None
-        message = f"{param}: {first['msg']}" if param else first["msg"]
-        return {"error": {"message": sanitize_message(message), "type": "BadRequestError", "param": param, "code": 400}}

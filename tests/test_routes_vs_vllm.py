@@ -1,0 +1,192 @@
+"""Every route the worker serves for a generative model, compared with vLLM's own server.
+
+The same requests go to `vllm serve` and to `tpworker dev` (the same model, float32, the same
+engine settings): through the gateway's /openai/<route> (the job form {"openai_route",
+"openai_input"}), through the route form {"route", "body", "method"} with RunPod's own client SDK,
+and through the official `anthropic` and `openai` clients. Answers must be equal once ids and
+timestamps are set aside; errors must carry the same status and message. RunPod's cloud is the
+only stand-in (tpworker dev plays its part)."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from conftest import DevEndpoint, VllmServer
+
+pytestmark = pytest.mark.engine
+
+MODEL = "SmolLM2-135M-Instruct"
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+RANDOM_FIELDS = frozenset({"id", "created", "created_at"})  # differ between any two answers
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory):
+    endpoint = DevEndpoint(tmp_path_factory.mktemp("dev") / "dev.log", MAX_CONCURRENCY="4")
+    yield endpoint
+    endpoint.close()
+
+
+@pytest.fixture(scope="module")
+def reference(models, tmp_path_factory):
+    server = VllmServer(models[1], tmp_path_factory.mktemp("vllm") / "vllm.log", MODEL)
+    yield server
+    server.close()
+
+
+def settled(value):
+    """An answer with the fields that differ between two runs of one request set aside."""
+    if isinstance(value, dict):
+        return {k: None if k in RANDOM_FIELDS else settled(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [settled(v) for v in value]
+    return value
+
+
+def sse_events(text: str) -> list:
+    """An SSE stream as a list of (event name, settled data) pairs."""
+    events = []
+    for block in filter(None, text.split("\n\n")):
+        name, data = None, None
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                name = line[len("event: ") :]
+            elif line.startswith("data: "):
+                payload = line[len("data: ") :]
+                data = payload if payload == "[DONE]" else settled(json.loads(payload))
+        events.append((name, data))
+    return events
+
+
+def error_of(body: dict) -> tuple[str, str | None]:
+    error = body["error"]
+    return error["message"], error.get("type")
+
+
+# (name, method, route, body): success and error cases of each route, greedy so that answers are exact.
+REQUESTS = [
+    ("tokenize a prompt", "POST", "/tokenize", {"model": MODEL, "prompt": "Hello world, how are you?"}),
+    (
+        "tokenize chat messages",
+        "POST",
+        "/tokenize",
+        {"model": MODEL, "messages": FRANCE, "add_generation_prompt": True},
+    ),
+    ("tokenize: prompt is a number", "POST", "/tokenize", {"model": MODEL, "prompt": 5}),
+    ("detokenize", "POST", "/detokenize", {"model": MODEL, "tokens": [504, 3575, 282, 4649, 314, 7042, 30]}),
+    ("detokenize: unknown model", "POST", "/detokenize", {"model": "gpt-7", "tokens": [1]}),
+    ("messages", "POST", "/v1/messages", {"model": MODEL, "max_tokens": 16, "temperature": 0, "messages": FRANCE}),
+    (
+        "messages with a system prompt",
+        "POST",
+        "/v1/messages",
+        {"model": MODEL, "max_tokens": 12, "temperature": 0, "system": "Answer in French.", "messages": FRANCE},
+    ),
+    (
+        "messages streamed",
+        "POST",
+        "/v1/messages",
+        {"model": MODEL, "max_tokens": 16, "temperature": 0, "messages": FRANCE, "stream": True},
+    ),
+    ("messages: max_tokens missing", "POST", "/v1/messages", {"model": MODEL, "messages": FRANCE}),
+    ("messages: unknown model", "POST", "/v1/messages", {"model": "claude-9", "max_tokens": 4, "messages": FRANCE}),
+    ("count tokens", "POST", "/v1/messages/count_tokens", {"model": MODEL, "messages": FRANCE}),
+    ("embeddings on a generative model", "POST", "/v1/embeddings", {"model": MODEL, "input": "Hi"}),
+    ("models", "GET", "/v1/models", None),
+    (
+        "chat completion streamed",
+        "POST",
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": FRANCE, "max_tokens": 12, "temperature": 0, "stream": True},
+    ),
+]
+
+
+@pytest.mark.parametrize("name,method,route,body", REQUESTS, ids=[r[0] for r in REQUESTS])
+def test_the_gateway_route_answers_as_vllms_server(dev, reference, name, method, route, body):
+    theirs = httpx.request(method, reference.url + route, json=body, timeout=120)
+    ours = httpx.request(method, f"{dev.url}/openai{route}", json=body, timeout=120)
+    assert ours.status_code == theirs.status_code, (ours.text, theirs.text)
+    if theirs.headers["content-type"].startswith("text/event-stream"):
+        assert sse_events(ours.text) == sse_events(theirs.text)
+        assert len(sse_events(theirs.text)) > 5
+    elif theirs.status_code == 200:
+        assert settled(ours.json()) == settled(theirs.json())
+    elif theirs.status_code == 404 and theirs.json() == {"detail": "Not Found"}:  # vLLM has no such route here
+        assert "not served for this model" in ours.text and "pooling" in ours.text
+    else:
+        assert error_of(ours.json())[0] == error_of(theirs.json())[0]
+
+
+def test_the_route_form_through_runpods_client_sdk(dev, reference, monkeypatch):
+    """{"route", "body", "method"}, as worker-vllm's current release takes it, sent with runpod.Endpoint."""
+    import runpod
+
+    monkeypatch.setattr(runpod.endpoint.runner, "endpoint_url_base", f"{dev.url}/v2", raising=False)
+    endpoint = runpod.Endpoint("dev", api_key="unused")
+    endpoint.rp_client.endpoint_url_base = f"{dev.url}/v2"
+    body = {"model": MODEL, "prompt": "Hello world, how are you?"}
+    tokens = endpoint.run_sync({"route": "/tokenize", "body": body, "method": "POST"}, timeout=120)
+    assert tokens == [httpx.post(f"{reference.url}/tokenize", json=body).json()]
+    models = endpoint.run_sync({"route": "/v1/models", "method": "GET"}, timeout=120)
+    assert [m["id"] for m in models[0]["data"]] == [MODEL]
+    gateway_list = endpoint.run_sync({"openai_route": "/v1/models"}, timeout=120)  # no body, as the gateway sends
+    assert settled(gateway_list) == settled(models)
+    text = "".join(endpoint.run({"route": "/v1/messages", "body": {**REQUESTS[7][3]}}).stream())
+    assert sse_events(text) == sse_events(
+        httpx.post(f"{reference.url}/v1/messages", json=REQUESTS[7][3], timeout=120).text
+    )
+
+
+@pytest.mark.parametrize(
+    "job,expected",
+    [
+        ({"route": "/v1/nonexistent", "body": {}}, ["/v1/nonexistent", "Accepted", "/tokenize"]),
+        ({"route": "/tokenize", "body": {"prompt": "x"}, "method": "GET"}, ["method", "POST"]),
+        ({"route": "/tokenize", "body": "Hello"}, ["body", "JSON object"]),
+        ({"route": "/tokenize"}, ["body"]),
+        ({"route": "/v1/models", "body": {"x": 1}}, ["body", "GET"]),
+        ({"route": "/tokenize", "body": {}, "headers": {}}, ["headers"]),
+    ],
+)
+def test_a_bad_route_job_is_refused_by_name(dev, job, expected):
+    status = dev.wait_status(dev.run(job))
+    assert status["status"] == "FAILED" and all(part in status["error"] for part in expected), status
+
+
+def test_the_anthropic_client_streamed_and_not(dev, reference):
+    ours = anthropic.Anthropic(base_url=f"{dev.url}/openai", api_key="unused", max_retries=0, timeout=120)
+    theirs = anthropic.Anthropic(base_url=reference.url, api_key="unused", max_retries=0, timeout=120)
+    # greedy; this SDK has no temperature argument any more, vLLM's Messages API still reads it
+    request = dict(model=MODEL, max_tokens=24, messages=FRANCE, extra_body={"temperature": 0})
+    answer = ours.messages.create(**request)
+    assert answer.content[0].text == theirs.messages.create(**request).content[0].text
+    assert "Paris" in answer.content[0].text and answer.stop_reason in ("end_turn", "max_tokens")
+    with ours.messages.stream(**request) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert streamed == answer.content[0].text and final.usage.output_tokens == answer.usage.output_tokens
+    counted = ours.messages.count_tokens(model=MODEL, messages=FRANCE)
+    assert counted.input_tokens == answer.usage.input_tokens
+    with pytest.raises(anthropic.NotFoundError):
+        ours.messages.create(**{**request, "model": "claude-9"})
+
+
+def test_a_sampled_chat_completion_matches_vllms_server(dev, reference):
+    """The same request with the same seed through the openai client (sampling, not greedy)."""
+    request = dict(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Write one sentence about the sea."}],
+        temperature=0.9,
+        seed=1234,
+        max_tokens=32,
+    )
+    ours = openai.OpenAI(base_url=f"{dev.url}/openai/v1", api_key="unused", max_retries=0, timeout=120)
+    theirs = openai.OpenAI(base_url=f"{reference.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    mine = ours.chat.completions.create(**request).choices[0].message.content
+    assert mine == theirs.chat.completions.create(**request).choices[0].message.content and len(mine) > 20
