@@ -146,3 +146,55 @@ def test_combinations_vllm_serve_refuses_stop_the_worker_at_start():
     assert "TOOL_CALL_PARSER='no-such-parser' is not a vLLM tool parser" in line and "hermes" in line
     (line,) = problems({"REASONING_PARSER": "nope"})
     assert "deepseek_r1" in line
+
+
+def test_vllm_config_file_and_extra_args_with_worker_vllms_precedence(tmp_path, caplog):
+    """VLLM_CONFIG_FILE < the variables < VLLM_EXTRA_ARGS, each read by `vllm serve`'s own parser."""
+    config = tmp_path / "serve.yaml"
+    config.write_text("max-num-seqs: 7\nmax-model-len: 1024\nenable-prefix-caching: false\nport: 9000\n")
+    settings = load_settings({"VLLM_CONFIG_FILE": str(config)})
+    args = settings.vllm_args()
+    assert (args["max_num_seqs"], args["max_model_len"], args["enable_prefix_caching"]) == (7, 1024, False)
+    assert "port" not in args and "no use inside a worker (port)" in caplog.text
+    assert settings.shown()["VLLM_CONFIG_FILE"] == str(config)
+    args = load_settings({"VLLM_CONFIG_FILE": str(config), "MAX_NUM_SEQS": "9"}).vllm_args()
+    assert (args["max_num_seqs"], args["max_model_len"]) == (9, 1024)  # the variable over the file
+    args = load_settings(
+        {
+            "VLLM_CONFIG_FILE": str(config),
+            "MAX_NUM_SEQS": "9",
+            "VLLM_EXTRA_ARGS": "--max-num-seqs 11 --max-model-len=512 --compilation-config.mode 0",
+        }
+    ).vllm_args()
+    assert (args["max_num_seqs"], args["max_model_len"]) == (11, 512)  # the flags over both
+    assert args["compilation_config"].mode == 0
+
+
+@pytest.mark.parametrize(
+    "file_text,extra,words",
+    [
+        ("max-num-seqs: [oops\n", None, ["VLLM_CONFIG_FILE=", "serve.yaml", "YAML"]),
+        ("max-num-seqs: many\n", None, ["VLLM_CONFIG_FILE=", "--max-num-seqs", "'many'"]),
+        ("tensor-parallel-size: 2\n", None, ["VLLM_CONFIG_FILE=", "--tensor-parallel-size", "TENSOR_PARALLEL_SIZE"]),
+        (None, "--max-num-seqs abc", ["VLLM_EXTRA_ARGS=", "--max-num-seqs", "'abc'"]),
+        (None, "--no-such-flag 1", ["VLLM_EXTRA_ARGS=", "--no-such-flag"]),
+        (None, "--gpu-memory-utilization 1.5", ["VLLM_EXTRA_ARGS=", "--gpu-memory-utilization", "<= 1"]),
+        (None, "--max-num-seqs '3", ["VLLM_EXTRA_ARGS=", "quotation"]),
+        (None, "meta-llama/Llama-3.1-8B -tp 2", ["VLLM_EXTRA_ARGS=", "the model", "MODEL_NAME"]),
+    ],
+)
+def test_bad_vllm_config_file_or_extra_args_stop_the_start_naming_the_flag(tmp_path, file_text, extra, words):
+    env = {}
+    if file_text is not None:
+        (tmp_path / "serve.yaml").write_text(file_text)
+        env["VLLM_CONFIG_FILE"] = str(tmp_path / "serve.yaml")
+    if extra is not None:
+        env["VLLM_EXTRA_ARGS"] = extra
+    with pytest.raises(SettingsError) as refused:
+        load_settings(env).vllm_args()
+    assert all(word in str(refused.value) for word in words), str(refused.value)
+
+
+def test_a_missing_config_file_is_named():
+    with pytest.raises(SettingsError, match=r"VLLM_CONFIG_FILE='/no/such/serve.yaml'.*No such file"):
+        load_settings({"VLLM_CONFIG_FILE": "/no/such/serve.yaml"}).vllm_args()

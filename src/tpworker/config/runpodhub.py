@@ -156,8 +156,8 @@ def hub_json() -> dict:
     return {
         "title": "tpworker: vLLM with tensor parallelism",
         "description": "Serve a Hugging Face LLM with vLLM, split across the GPUs of a worker by tensor "
-        "parallelism (checked against the model before it loads). RunPod's native and OpenAI-compatible "
-        "inputs, streaming, and the same inputs and outputs as worker-vllm.",
+        "parallelism (checked against the model before it loads). RunPod's native input, the OpenAI and "
+        "Anthropic APIs and vLLM's other routes, streaming, and the same inputs and outputs as worker-vllm.",
         "type": "serverless",
         "category": "language",
         "config": {

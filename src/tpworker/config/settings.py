@@ -13,6 +13,7 @@ A bad value raises SettingsError: one line per variable, naming it, its value, w
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import typing
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ from tpworker.config.variables import (
     vllm_variables,
 )
 from tpworker.errors import StartRefused
+
+log = logging.getLogger(__name__)
 
 
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -146,6 +149,10 @@ class Settings:
     ray_address: str | None = None
     # VLLM_PP_LAYER_PARTITION: vLLM reads it in every rank; the plan checks it before they start.
     pp_layer_partition: str | None = None
+    # worker-vllm's VLLM_CONFIG_FILE (a `vllm serve --config` YAML: variables override it) and
+    # VLLM_EXTRA_ARGS (`vllm serve` flags: the last word, over the variables).
+    vllm_config_file: str | None = None
+    vllm_extra_args: str | None = None
 
     def source_of(self, field_name: str) -> str:
         return self.sources.get(field_name, variable_name(field_name))
@@ -173,11 +180,40 @@ class Settings:
                 sources[name] = variable
             except arguments.EngineArgValueError as e:
                 problems.append(_problem(variable, text, e.reason, e.accepted))
+        below, above = self._flags(problems)
+        values = {**below[0], **values, **above[0]}
+        sources = {**below[1], **sources, **above[1]}
         if not problems:  # checks across options, as `vllm serve` makes them before loading
             problems += arguments.check_server_args(values)
         if problems:
             raise SettingsError(problems)
         return values, sources
+
+    def _flags(self, problems: list[str]) -> tuple[tuple[dict, dict], tuple[dict, dict]]:
+        """(values, sources) from VLLM_CONFIG_FILE (below the variables) and VLLM_EXTRA_ARGS (above them)."""
+        import shlex
+
+        from tpworker.vllm_bridge import arguments
+
+        layers = []
+        for variable, text, words in (
+            ("VLLM_CONFIG_FILE", self.vllm_config_file, lambda t: ["--config", t]),
+            ("VLLM_EXTRA_ARGS", self.vllm_extra_args, shlex.split),
+        ):
+            values: dict[str, Any] = {}
+            try:
+                if text:
+                    values, ignored = arguments.parse_flags(words(text))
+                    if ignored:
+                        log.warning(
+                            "%s sets options with no use inside a worker (%s): left out.", variable, ", ".join(ignored)
+                        )
+            except arguments.EngineArgValueError as e:
+                problems.append(_problem(variable, text, e.reason, e.accepted))
+            except ValueError as e:  # shlex: an unclosed quote
+                problems.append(_problem(variable, text, str(e), "vllm serve's flags, quoted as in a shell"))
+            layers.append((values, dict.fromkeys(values, variable)))
+        return layers[0], layers[1]
 
     def vllm_args(self) -> dict[str, Any]:
         """vLLM options set through the environment (engine arguments and OpenAI-frontend
@@ -218,6 +254,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         _engine_environ=engine_environ,
         ray_address=environ.get("RAY_ADDRESS") or None,
         pp_layer_partition=environ.get("VLLM_PP_LAYER_PARTITION") or None,
+        vllm_config_file=environ.get("VLLM_CONFIG_FILE") or None,
+        vllm_extra_args=environ.get("VLLM_EXTRA_ARGS") or None,
     )
 
 

@@ -35,6 +35,10 @@ OTHER_VARIABLES = {
     "HF_HUB_OFFLINE": "1: never contact the Hugging Face hub (a model must be baked, cached or a folder). "
     "The worker sets it for vLLM when it serves a baked or cached model.",
     "HF_ENDPOINT": "The Hugging Face hub's address, for a mirror (default: https://huggingface.co).",
+    "VLLM_CONFIG_FILE": "A `vllm serve --config` YAML file of vLLM options (as worker-vllm reads it): the variables "
+    "override it. The model and its layout stay the worker's variables (MODEL_NAME, TENSOR_PARALLEL_SIZE, ...).",
+    "VLLM_EXTRA_ARGS": "`vllm serve` flags, e.g. `--max-num-seqs 64 --enable-prefix-caching` (as worker-vllm reads "
+    "them): the last word, over the variables and VLLM_CONFIG_FILE. Server-only flags (host, port) are left out.",
 }
 # Variables whose values never reach a log line or an error.
 SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD")

@@ -229,6 +229,55 @@ def parse_engine_arg(name: str, text: str) -> Any:
     return value
 
 
+# Options the worker decides before vLLM is imported, from its own variables: a flag cannot move them.
+WORKER_OWNED = {
+    "model": "MODEL_NAME",
+    "revision": "MODEL_REVISION",
+    "tokenizer": "TOKENIZER_NAME",
+    "tokenizer_revision": "TOKENIZER_REVISION",
+    "tensor_parallel_size": "TENSOR_PARALLEL_SIZE",
+    "pipeline_parallel_size": "PIPELINE_PARALLEL_SIZE",
+    "distributed_executor_backend": "DISTRIBUTED_EXECUTOR_BACKEND",
+}
+
+
+def parse_flags(words: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """`vllm serve` flags (`--config FILE.yaml` among them), read by `vllm serve`'s own parser, in
+    its order of precedence (later flags over earlier, flags over the file's). Returns the options
+    they set (name -> value, bounds checked) and the names of options they set that mean nothing
+    inside a worker (host, port, ...: left out). Raises EngineArgValueError naming the flag."""
+    unset = object()
+    parser = _parser()
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != "help"})
+    try:
+        parsed = parser.parse_args(words, namespace)
+    except (argparse.ArgumentError, ValueError, TypeError, OSError, AssertionError) as e:
+        raise EngineArgValueError(_one_line(str(e).replace("argument ", "", 1)), "vllm serve's flags") from None
+    except Exception as e:  # the YAML does not parse
+        raise EngineArgValueError(_one_line(f"{type(e).__name__}: {e}"), "a YAML mapping of flags") from None
+    given = {name: value for name, value in vars(parsed).items() if value is not unset}
+    if given.pop("model_tag", None) is not None:  # `vllm serve MODEL`'s positional model
+        given["model"] = True
+    for name, variable in WORKER_OWNED.items():
+        if name in given:
+            what = "the model" if name == "model" else "--" + name.replace("_", "-")
+            raise EngineArgValueError(
+                f"{what} is the worker's to set (it plans the model and its layout before vLLM starts)",
+                f"{variable} instead",
+            )
+    values, ignored = {}, []
+    for name, value in given.items():
+        if name not in _actions():
+            ignored.append(name)
+            continue
+        try:
+            _check_constraints(name, value)
+        except EngineArgValueError as e:
+            raise EngineArgValueError(f"--{name.replace('_', '-')}: {e.reason}", e.accepted) from None
+        values[name] = value
+    return values, sorted(ignored)
+
+
 def flags_to_variables(message: str) -> str:
     """'--enable-auto-tool-choice requires --tool-call-parser' -> in our variables' names."""
     return re.sub(r"--([a-z0-9-]+)", lambda m: m.group(1).replace("-", "_").upper(), message)
