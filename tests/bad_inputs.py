@@ -67,6 +67,12 @@ NATIVE = [
     ("message has an unknown role", {"messages": [{"role": "wizard", "content": "Hi"}]}, ["wizard", "Accepted roles"]),
     ("message has no role", {"messages": [{"content": "Hi"}]}, ["messages[0].role"]),
     ("message content is a number", {"messages": [{"role": "user", "content": 5}]}, ["messages[0].content"]),
+    ("user message without content", {"messages": [{"role": "user"}]}, ["messages[0].content", "required"]),
+    (
+        "tool message without tool_call_id",
+        {"messages": [*USER, {"role": "tool", "content": "42"}]},
+        ["messages[1].tool_call_id", "required"],
+    ),
     (
         "message content has a lone surrogate",
         {"messages": [{"role": "user", "content": "Hi \ud800"}]},

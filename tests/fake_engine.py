@@ -34,6 +34,7 @@ def token_text(choice: int, k: int) -> str:
 class FakeEngine:
     max_model_len = 2048
     llm = None  # no OpenAI serving layer: OpenAI jobs need the real engine
+    generates = True
 
     def __init__(self, token_delay: float = 0.0):
         self.token_delay = token_delay  # seconds per engine step

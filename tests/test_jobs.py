@@ -120,3 +120,33 @@ def test_a_bad_route_job_names_the_field(job_input, param, words):
     with pytest.raises(JobError) as refused:
         parse(job_input, max_output_tokens=512)
     assert refused.value.param == param and all(word in refused.value.message for word in words), refused.value
+
+
+@pytest.mark.parametrize(
+    "messages,param,words",
+    [
+        ([{"role": "tool", "content": "42"}], "messages[0].tool_call_id", ["Field required", "tool message"]),
+        ([{"role": "user"}], "messages[0].content", ["Field required", "user message"]),
+        (
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 5}],
+            "messages[1].content",
+            ["string"],
+        ),
+    ],
+)
+def test_native_messages_need_the_fields_openais_api_requires_of_their_role(messages, param, words):
+    with pytest.raises(JobError) as refused:
+        parse({"messages": messages})
+    assert refused.value.param == param and all(word in refused.value.message for word in words), refused.value
+
+
+def test_a_tool_conversation_in_native_messages_is_accepted():
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    assert parse({"messages": messages}).messages == messages

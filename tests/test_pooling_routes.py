@@ -102,3 +102,8 @@ def test_the_openai_client_and_the_route_form_get_the_same_vectors(dev, referenc
     assert_same_answer([v.embedding for v in vectors], [e["embedding"] for e in expected])
     answer = httpx.post(f"{dev.url}/runsync", json={"input": {"route": "/v1/embeddings", "body": body}}, timeout=120)
     assert_same_answer(answer.json()["output"][0]["data"], expected)
+
+
+def test_a_native_job_on_a_pooling_model_says_what_to_send(dev):
+    status = dev.wait_status(dev.run({"prompt": "Hello", "sampling_params": {"max_tokens": 4}}))
+    assert status["status"] == "FAILED" and "pooling model" in status["error"] and "/v1/embeddings" in status["error"]

@@ -117,6 +117,11 @@ class Engine:
         """The AsyncLLM itself, for vLLM's OpenAI serving layer (vllm_bridge.openai_server.OpenAIServer)."""
         return self._llm
 
+    @property
+    def generates(self) -> bool:
+        """False when the model runs as a pooling model: then only the pooling routes serve it."""
+        return async_engine.generates(self._llm)
+
     async def render_chat(self, messages: list[dict], chat_template: str | None, template_kwargs: dict) -> dict:
         return await prompts.render_chat(self._llm, messages, chat_template, template_kwargs, self.max_model_len)
 

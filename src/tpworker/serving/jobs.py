@@ -11,6 +11,7 @@ itself is checked by vLLM.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -180,6 +181,31 @@ def _sampling_params(raw: dict[str, Any], limits: Limits):
     return params
 
 
+@functools.cache
+def _openai_messages():
+    """OpenAI's own message types (the openai package's), told apart by role: what each role requires."""
+    from typing import Annotated
+
+    from openai.types.chat import ChatCompletionMessageParam
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Annotated[ChatCompletionMessageParam, Field(discriminator="role")])
+
+
+def _check_messages_as_openai_does(messages: list[dict]) -> None:
+    """The fields each role requires, as OpenAI's API requires them (a tool message its tool_call_id,
+    a user message its content, ...), by OpenAI's own types."""
+    for index, message in enumerate(messages):
+        try:
+            _openai_messages().validate_python(message)
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = _field_path(first["loc"][1:])
+            path = f"messages[{index}].{field}" if field else f"messages[{index}]"
+            role = message.get("role")
+            raise JobError(f"{path}: {first['msg']} (in a {role} message).", param=path) from None
+
+
 def parse_native(job_input: Any, *, default_batching: BatchPolicy, limits: Limits) -> NativeRequest:
     if not isinstance(job_input, dict):
         raise JobError(
@@ -197,6 +223,8 @@ def parse_native(job_input: Any, *, default_batching: BatchPolicy, limits: Limit
         )
     sampling = _sampling_params(native.sampling_params, limits)
     messages = [m.model_dump(exclude_none=True) for m in native.messages] if native.messages else None
+    if messages:
+        _check_messages_as_openai_does(messages)
     prompt = native.prompt
     if native.apply_chat_template and prompt is not None:
         messages, prompt = [{"role": "user", "content": prompt}], None

@@ -167,6 +167,12 @@ class Worker:
             request = parse_job(job, default_batching=self.default_batching, limits=self.limits)
             if isinstance(request, OpenAIRequest):
                 outputs = self.openai.run(request)
+            elif not self.engine.generates:
+                raise JobError(
+                    "This worker runs its model as a pooling model (RUNNER / CONVERT), which generates no text: "
+                    'send a route job instead, e.g. {"route": "/v1/embeddings", "body": {"input": "..."}}.',
+                    param="input",
+                )
             else:
                 outputs = native.generate(
                     self.engine,

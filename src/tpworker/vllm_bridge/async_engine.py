@@ -69,3 +69,8 @@ def is_engine_dead(error: BaseException) -> bool:
     from vllm.v1.engine.exceptions import EngineDeadError
 
     return isinstance(error, EngineDeadError)
+
+
+def generates(llm) -> bool:
+    """The model runs as a generative model (not as a pooling one: RUNNER=pooling or CONVERT=...)."""
+    return llm.model_config.runner_type == "generate"
