@@ -150,3 +150,22 @@ def test_a_tool_conversation_in_native_messages_is_accepted():
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
     ]
     assert parse({"messages": messages}).messages == messages
+
+
+def test_native_jobs_in_the_openai_output_shape_become_openai_requests():
+    from tpworker.serving.jobs import OpenAIRequest, parse_native
+
+    def as_openai(job_input):
+        return parse_native(job_input, default_batching=DEFAULT, limits=LIMITS, output="openai")
+
+    messages = [{"role": "user", "content": "Hi"}]
+    request = as_openai({"messages": messages, "stream": True, "sampling_params": {"logprobs": 2, "top_k": 5}})
+    body = {"messages": messages, "stream": True, "logprobs": True, "top_logprobs": 2, "top_k": 5}
+    assert request == OpenAIRequest("/v1/chat/completions", body)
+    assert as_openai({"prompt": "Hi", "sampling_params": {"max_tokens": 3}}) == OpenAIRequest(
+        "/v1/completions", {"prompt": "Hi", "max_tokens": 3, "stream": False}
+    )
+    wrapped = as_openai({"prompt": "Hi", "apply_chat_template": True})
+    assert wrapped.route == "/v1/chat/completions" and wrapped.body["messages"] == messages
+    with pytest.raises(JobError, match="sampling_params.temperature"):  # checked as a native job first
+        as_openai({"prompt": "Hi", "sampling_params": {"temperature": -1}})

@@ -190,3 +190,45 @@ def test_a_sampled_chat_completion_matches_vllms_server(dev, reference):
     theirs = openai.OpenAI(base_url=f"{reference.url}/v1", api_key="unused", max_retries=0, timeout=120)
     mine = ours.chat.completions.create(**request).choices[0].message.content
     assert mine == theirs.chat.completions.create(**request).choices[0].message.content and len(mine) > 20
+
+
+@pytest.fixture(scope="module")
+def openai_shaped(tmp_path_factory):
+    """A second endpoint whose native jobs answer in worker-vllm's current shape."""
+    endpoint = DevEndpoint(tmp_path_factory.mktemp("dev-openai") / "dev.log", NATIVE_OUTPUT_FORMAT="openai")
+    yield endpoint
+    endpoint.close()
+
+
+def sdk_endpoint(dev, monkeypatch):
+    import runpod
+
+    monkeypatch.setattr(runpod.endpoint.runner, "endpoint_url_base", f"{dev.url}/v2", raising=False)
+    endpoint = runpod.Endpoint("dev", api_key="unused")
+    endpoint.rp_client.endpoint_url_base = f"{dev.url}/v2"
+    return endpoint
+
+
+def test_native_jobs_in_both_output_shapes_through_runpods_client_sdk(dev, openai_shaped, reference, monkeypatch):
+    """NATIVE_OUTPUT_FORMAT: tokens (the default) and openai (worker-vllm's current release: the
+    OpenAI object, or its SSE text when streamed), each for the same job."""
+    params = {"max_tokens": 12, "temperature": 0}
+    chat = {"messages": FRANCE, "sampling_params": params}
+    tokens_shape = sdk_endpoint(dev, monkeypatch).run_sync(chat, timeout=120)
+    assert "Paris" in "".join(tokens_shape[0]["choices"][0]["tokens"]) and tokens_shape[0]["usage"]["output"] <= 12
+
+    endpoint = sdk_endpoint(openai_shaped, monkeypatch)
+    expected = httpx.post(f"{reference.url}/v1/chat/completions", json={"model": MODEL, "messages": FRANCE, **params})
+    assert settled(endpoint.run_sync(chat, timeout=120)) == [settled(expected.json())]
+    streamed = "".join(endpoint.run({**chat, "stream": True}).stream())
+    expected = httpx.post(
+        f"{reference.url}/v1/chat/completions", json={"model": MODEL, "messages": FRANCE, "stream": True, **params}
+    )
+    assert sse_events(streamed) == sse_events(expected.text) and "[DONE]" in streamed
+    completion = endpoint.run_sync({"prompt": "The capital of France is", "sampling_params": params}, timeout=120)
+    expected = httpx.post(
+        f"{reference.url}/v1/completions", json={"model": MODEL, "prompt": "The capital of France is", **params}
+    )
+    assert settled(completion) == [settled(expected.json())]
+    refused = openai_shaped.wait_status(openai_shaped.run({"messages": [{"role": "tool", "content": "x"}]}))
+    assert refused["status"] == "FAILED" and "tool_call_id" in refused["error"]  # the tokens shape's checks

@@ -109,6 +109,7 @@ def _refusal(job: dict, settings) -> dict | None:
             job,
             default_batching=BatchPolicy.from_settings(settings.worker),
             limits=Limits.from_settings(settings.worker),
+            native_output=settings.worker.native_output_format,
         )
     except JobError as e:
         return e.to_output()

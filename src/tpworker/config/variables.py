@@ -124,6 +124,12 @@ class WorkerSettings(BaseModel):
     raw_openai_output: bool = Field(
         True, description="OpenAI streams yield SSE text (`data: {...}`); false: lists of parsed chunk objects."
     )
+    native_output_format: Literal["tokens", "openai"] = Field(
+        "tokens",
+        description="What a native job (`prompt`/`messages` + `sampling_params`) returns: tokens, this worker's and "
+        'worker-vllm\'s older releases\' `{"choices": [{"tokens": [...]}], "usage": ...}`; openai, worker-vllm\'s '
+        "current release's: the OpenAI chat or completion object, or its SSE text when streamed.",
+    )
     openai_served_model_name_override: str | None = Field(
         None, description="The model name clients use (default: the model's name)."
     )

@@ -206,7 +206,11 @@ def _check_messages_as_openai_does(messages: list[dict]) -> None:
             raise JobError(f"{path}: {first['msg']} (in a {role} message).", param=path) from None
 
 
-def parse_native(job_input: Any, *, default_batching: BatchPolicy, limits: Limits) -> NativeRequest:
+def parse_native(
+    job_input: Any, *, default_batching: BatchPolicy, limits: Limits, output: str = "tokens"
+) -> NativeRequest | OpenAIRequest:
+    """A native job, checked field by field; with output="openai" (NATIVE_OUTPUT_FORMAT), the
+    OpenAI request worker-vllm's current release makes of it."""
     if not isinstance(job_input, dict):
         raise JobError(
             f"input must be a JSON object with 'prompt' or 'messages', not {type(job_input).__name__}.",
@@ -228,8 +232,25 @@ def parse_native(job_input: Any, *, default_batching: BatchPolicy, limits: Limit
     prompt = native.prompt
     if native.apply_chat_template and prompt is not None:
         messages, prompt = [{"role": "user", "content": prompt}], None
+    if output == "openai":
+        return _as_openai_request(native.sampling_params, messages, prompt, native.stream, limits)
     batching = default_batching.for_job(native.max_batch_size, native.min_batch_size, native.batch_size_growth_factor)
     return NativeRequest(prompt, messages, sampling, native.stream, batching)
+
+
+def _as_openai_request(params: dict, messages: list[dict] | None, prompt: str | None, stream: bool, limits: Limits):
+    """Chat messages -> /v1/chat/completions, a prompt -> /v1/completions, the sampling parameters
+    as the body's fields (vLLM's OpenAI requests take its sampling fields; the model is the served one)."""
+    body = dict(params)
+    if messages is not None:
+        route, body["messages"] = "/v1/chat/completions", messages
+        if isinstance(body.get("logprobs"), int) and not isinstance(body["logprobs"], bool):
+            body["top_logprobs"], body["logprobs"] = body["logprobs"], True  # the chat API's spelling
+    else:
+        route, body["prompt"] = "/v1/completions", prompt
+    body["stream"] = stream
+    _check_openai_body(route, body, limits)
+    return OpenAIRequest(route, body)
 
 
 @dataclass(frozen=True)
@@ -300,8 +321,11 @@ def parse_route_job(job_input: dict, limits: Limits) -> OpenAIRequest:
     return OpenAIRequest(route, body, "POST")
 
 
-def parse_job(job: Any, *, default_batching: BatchPolicy, limits: Limits) -> NativeRequest | OpenAIRequest:
-    """A RunPod job ({"id": ..., "input": {...}}) -> the request it asks for."""
+def parse_job(
+    job: Any, *, default_batching: BatchPolicy, limits: Limits, native_output: str = "tokens"
+) -> NativeRequest | OpenAIRequest:
+    """A RunPod job ({"id": ..., "input": {...}}) -> the request it asks for. native_output:
+    NATIVE_OUTPUT_FORMAT, the shape a native job's answer takes."""
     if not isinstance(job, dict) or "input" not in job:
         raise JobError("The job has no 'input'.", param="input")
     job_input = job["input"]
@@ -309,4 +333,4 @@ def parse_job(job: Any, *, default_batching: BatchPolicy, limits: Limits) -> Nat
     check_json_values(job_input)
     if isinstance(job_input, dict) and {"openai_route", "openai_input", "route"} & set(job_input):
         return parse_route_job(job_input, limits)
-    return parse_native(job_input, default_batching=default_batching, limits=limits)
+    return parse_native(job_input, default_batching=default_batching, limits=limits, output=native_output)

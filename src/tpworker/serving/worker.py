@@ -164,7 +164,12 @@ class Worker:
                 raise self._refusal
             if self.engine.dead:
                 raise service_unavailable(ENGINE_STOPPED)
-            request = parse_job(job, default_batching=self.default_batching, limits=self.limits)
+            request = parse_job(
+                job,
+                default_batching=self.default_batching,
+                limits=self.limits,
+                native_output=self.settings.native_output_format,
+            )
             if isinstance(request, OpenAIRequest):
                 outputs = self.openai.run(request)
             elif not self.engine.generates:
