@@ -30,14 +30,16 @@ CHAT = {
 }
 
 
-def greedy_runs(tp: int, dtype: str) -> dict:
+def greedy_runs(tp: int, dtype: str, **env: str) -> dict:
     """Chunks of each prompt (greedy, with top-5 logprobs) and of the chat question."""
-    worker = RunningWorker(TENSOR_PARALLEL_SIZE=str(tp), DTYPE=dtype)
+    worker = RunningWorker(TENSOR_PARALLEL_SIZE=str(tp), DTYPE=dtype, **env)
     try:
         assert worker.engine.tensor_parallel_size == tp
         params = {"temperature": 0, "max_tokens": TOKENS, "ignore_eos": True, "logprobs": 5}
         prompts = [worker.job({"prompt": p, "stream": True, "sampling_params": params}) for p in PROMPTS]
-        return {"prompts": prompts, "chat": worker.job(CHAT)}
+        # the modeling class vLLM resolved the architecture to (LlamaForCausalLM, or the Transformers backend's)
+        architecture = worker.engine.llm.model_config.architecture
+        return {"prompts": prompts, "chat": worker.job(CHAT), "architecture": architecture}
     finally:
         worker.close()
 
@@ -72,6 +74,17 @@ def assert_agree_within_top5(a_chunks: list[dict], b_chunks: list[dict]) -> None
         return
     i = first_difference
     assert a[i] in top5(b_chunks)[i] and b[i] in top5(a_chunks)[i], (i, a, b)
+
+
+def test_transformers_own_tp_plan_at_tp2_computes_what_vllms_implementation_computes(float32_runs):
+    """MODEL_IMPL=transformers: vLLM's Transformers modeling backend, which splits the model by
+    transformers' base_model_tp_plan (colwise q/k/v/gate/up, rowwise o/down): the same greedy float32
+    tokens as vLLM's own Llama implementation at TP=2, and the chat question's answer."""
+    runs = greedy_runs(2, "float32", MODEL_IMPL="transformers")
+    assert runs["architecture"].startswith("Transformers") and float32_runs[2]["architecture"] == "LlamaForCausalLM"
+    for native, transformers_backend in zip(float32_runs[2]["prompts"], runs["prompts"], strict=True):
+        assert token_ids_of(transformers_backend) == token_ids_of(native)
+    assert "Paris" in text_of(runs["chat"]) and text_of(runs["chat"]) == text_of(float32_runs[2]["chat"])
 
 
 def test_tp2_bfloat16_agrees_with_tp1_within_top5(bfloat16_runs):

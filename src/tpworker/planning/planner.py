@@ -63,14 +63,15 @@ class PlanReport:
         return asdict(self)
 
 
-def transformers_tp_plan(model_type: str) -> dict[str, str]:
-    """transformers' own tensor-parallel plan for the architecture (layer pattern -> colwise/rowwise)."""
+def transformers_tp_plan(model_type: str) -> dict[str, str] | None:
+    """transformers' own tensor-parallel plan for the architecture (layer pattern -> colwise/rowwise):
+    {} when transformers knows the architecture and has no plan for it, None when it does not know it."""
     try:
         from transformers import CONFIG_MAPPING
 
         return dict(getattr(CONFIG_MAPPING[model_type], "base_model_tp_plan", None) or {})
     except (KeyError, ImportError):
-        return {}
+        return None
 
 
 def build_report(
@@ -144,7 +145,7 @@ def build_report(
         recommended=best.tensor_parallel_size if best else None,
         reason=reason,
         auto_on_gpus=valid[-1] if valid else None,
-        tp_plan=transformers_tp_plan(facts.model_type),
+        tp_plan=transformers_tp_plan(facts.model_type) or {},
         nodes=nodes,
         recommended_pp=best.pipeline_parallel_size if best else None,
     )
@@ -243,6 +244,15 @@ def render_text(report: PlanReport) -> str:
         "vLLM measures the real figures at start."
     )
     if r.tp_plan:
-        lines += ["", "transformers' tensor-parallel plan for this architecture:"]
+        lines += [
+            "",
+            "transformers' tensor-parallel plan for this architecture (MODEL_IMPL=transformers splits by it):",
+        ]
         lines += [f"  {pattern}: {style}" for pattern, style in r.tp_plan.items()]
+    else:
+        lines += [
+            "",
+            "transformers has no tensor-parallel plan for this architecture: "
+            "MODEL_IMPL=transformers runs at TP=1 only.",
+        ]
     return "\n".join(lines)

@@ -124,3 +124,16 @@ def shm_warning(shm: int | None, between: str) -> str | None:
         f"error. Raise it: docker run --shm-size=16g (or --ipc=host); in Kubernetes mount an emptyDir "
         f"with medium: Memory at /dev/shm."
     )
+
+
+def transformers_backend_problem(model_type: str, tp: int, tp_plan: dict[str, str] | None) -> str | None:
+    """MODEL_IMPL=transformers splits the model by transformers' own plan (base_model_tp_plan): at
+    TP > 1 an architecture without one cannot be split that way. None: no problem (or transformers
+    does not know the architecture, as with remote code, whose config may bring its own plan)."""
+    if tp <= 1 or tp_plan is None or tp_plan:
+        return None
+    return (
+        f"MODEL_IMPL=transformers at TENSOR_PARALLEL_SIZE={tp}: transformers has no tensor-parallel plan "
+        f"(base_model_tp_plan) for {model_type} models, so its backend cannot split this one. Use MODEL_IMPL=auto "
+        "(vLLM's own implementation) or TENSOR_PARALLEL_SIZE=1."
+    )

@@ -55,6 +55,13 @@ def plan_start(settings: Settings, layout: Layout | None = None, cluster: Cluste
     if layout.parallel.backend == "ray" and (reason := async_engine.ray_unsupported_reason()):
         raise StartError(f"DISTRIBUTED_EXECUTOR_BACKEND=ray: {reason}. Use DISTRIBUTED_EXECUTOR_BACKEND=mp here.")
     args = engine_args(settings, layout, {k: v for k, v in options.items() if arguments.is_engine_arg(k)})
+    if args.get("model_impl") == "transformers":
+        from tpworker.planning.planner import transformers_tp_plan
+        from tpworker.planning.preflight import transformers_backend_problem
+
+        tp, model_type = layout.parallel.tensor_parallel_size, layout.facts.model_type
+        if problem := transformers_backend_problem(model_type, tp, transformers_tp_plan(model_type)):
+            raise StartError(problem)
     environment = {"HF_HUB_OFFLINE": "1"} if layout.model.offline else {}
     if not layout.gpus:
         environment.update(cpu_environment(settings, layout.parallel))
