@@ -55,7 +55,7 @@ class FakeEngine:
             raise ValueError("the tokenizer refused a control character")
         return {"prompt_token_ids": [ord(c) for c in prompt]}
 
-    async def generate(self, engine_input: dict, params, request_id: str) -> AsyncIterator[FakeOutput]:
+    async def generate(self, engine_input: dict, params, request_id: str, lora=None) -> AsyncIterator[FakeOutput]:
         self.requests[request_id] = "running"
         delta = params.output_kind == RequestOutputKind.DELTA
         choices = [FakeChoice(i) for i in range(params.n)]

@@ -45,9 +45,10 @@ def baked(settings: Settings) -> manifest.Manifest | None:
     return manifest.read(file) if file.is_file() else None
 
 
-def find_cached(cache: Path, repo_id: str, revision: str | None) -> Path | None:
+def find_cached(cache: Path, repo_id: str, revision: str | None, problems=snapshot.folder_problems) -> Path | None:
     """The snapshot folder of `repo_id` in a hub cache, matching its name in any case (RunPod's
-    cache lowercases them): the commit or ref `revision`, else main, else the newest complete one."""
+    cache lowercases them): the commit or ref `revision`, else main, else the newest complete one
+    (complete: `problems(folder)` finds nothing missing; a model's files by default)."""
     from huggingface_hub import CacheNotFound, scan_cache_dir
 
     try:
@@ -76,8 +77,8 @@ def find_cached(cache: Path, repo_id: str, revision: str | None) -> Path | None:
         else:
             revisions.sort(key=lambda r: "main" not in r.refs)  # stable: main first, then newest
         for rev in revisions:
-            if problems := snapshot.folder_problems(rev.snapshot_path):
-                log.warning("Skipping the cached copy %s: %s", rev.snapshot_path, "; ".join(problems))
+            if found := problems(rev.snapshot_path):  # an incomplete copy
+                log.warning("Skipping the cached copy %s: %s", rev.snapshot_path, "; ".join(found))
                 continue
             return rev.snapshot_path
     return None

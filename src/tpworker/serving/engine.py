@@ -128,10 +128,10 @@ class Engine:
     async def render_text(self, prompt: str) -> dict:
         return await prompts.render_text(self._llm, prompt, self.max_model_len)
 
-    def generate(self, engine_input: dict, params: SamplingParams, request_id: str) -> AsyncIterator:
-        """RequestOutputs as the engine produces them. Closing or cancelling the iteration aborts
-        the request in the engine."""
-        return self._llm.generate(engine_input, params, request_id)
+    def generate(self, engine_input: dict, params: SamplingParams, request_id: str, lora=None) -> AsyncIterator:
+        """RequestOutputs as the engine produces them (through the LoRA adapter `lora`, a vLLM
+        LoRARequest, when given). Closing or cancelling the iteration aborts the request in the engine."""
+        return self._llm.generate(engine_input, params, request_id, lora_request=lora)
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)

@@ -1,7 +1,8 @@
 """Job input -> a validated request, or a JobError that names the field and what it accepts.
 
 Native form (RunPod worker-vllm's): {"prompt": str} or {"messages": [...]}, with optional
-"sampling_params" (vLLM SamplingParams fields), "stream", "apply_chat_template" and the
+"sampling_params" (vLLM SamplingParams fields), "stream", "apply_chat_template", "model" (a LoRA
+adapter's name) and the
 stream-batching overrides "max_batch_size", "min_batch_size", "batch_size_growth_factor".
 OpenAI form (what RunPod's /openai/v1 gateway sends): {"openai_route": "/v1/chat/completions",
 "openai_input": {...the OpenAI request body...}}. Route form (worker-vllm's current release):
@@ -60,6 +61,7 @@ class NativeInput(BaseModel):
 
     prompt: str | None = None
     messages: list[Message] | None = None
+    model: str | None = None  # the served model's name, or a LoRA adapter's (LORA_MODULES)
     sampling_params: dict[str, Any] = Field(default_factory=dict)
     stream: bool = False
     apply_chat_template: bool = False
@@ -112,6 +114,7 @@ class NativeRequest:
     sampling_params: Any  # vllm.SamplingParams; max_tokens None = the worker's default
     stream: bool
     batching: BatchPolicy
+    model: str | None = None  # None or the served name: the base model; else a LoRA adapter's name
 
 
 TYPE_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
@@ -233,9 +236,10 @@ def parse_native(
     if native.apply_chat_template and prompt is not None:
         messages, prompt = [{"role": "user", "content": prompt}], None
     if output == "openai":
-        return _as_openai_request(native.sampling_params, messages, prompt, native.stream, limits)
+        params = {**native.sampling_params, **({"model": native.model} if native.model else {})}
+        return _as_openai_request(params, messages, prompt, native.stream, limits)
     batching = default_batching.for_job(native.max_batch_size, native.min_batch_size, native.batch_size_growth_factor)
-    return NativeRequest(prompt, messages, sampling, native.stream, batching)
+    return NativeRequest(prompt, messages, sampling, native.stream, batching, native.model)
 
 
 def _as_openai_request(params: dict, messages: list[dict] | None, prompt: str | None, stream: bool, limits: Limits):

@@ -139,7 +139,9 @@ async def generate(
     default_max_tokens: int,
     job_id: str,
     limits: Limits,
+    lora=None,
 ) -> AsyncIterator[dict]:
+    """`lora`: the vLLM LoRARequest of the adapter the job names (None: the base model)."""
     engine_input = await _engine_input(engine, request, chat)
     prompt_tokens = len(prompts.prompt_token_ids(engine_input))
     limits.check_prompt_tokens(prompt_tokens, "messages" if request.messages is not None else "prompt")
@@ -153,7 +155,7 @@ async def generate(
     try:
         # aclosing: when the job is cancelled or closed mid-stream, the engine request is aborted
         # right away, not when the generator happens to be garbage-collected.
-        async with aclosing(engine.generate(engine_input, params, request_id)) as outputs:
+        async with aclosing(engine.generate(engine_input, params, request_id, lora)) as outputs:
             async for output in outputs:
                 for choice in output.outputs:
                     generated += len(choice.token_ids)

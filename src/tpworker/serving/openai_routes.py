@@ -38,6 +38,13 @@ def _located(message: str, param: str | None, body: dict) -> tuple[str, str | No
     return message, param
 
 
+def _served(base: list[str], adapters: dict) -> str:
+    served = f"Served: {', '.join(base)} (the model)"
+    if adapters:
+        served += f" and the LoRA adapters {', '.join(adapters)}"
+    return served + "."
+
+
 class OpenAIRoutes:
     def __init__(
         self,
@@ -71,6 +78,21 @@ class OpenAIRoutes:
                 )
         return self._server
 
+    async def adapter(self, name: str | None):
+        """The LoRA adapter a native job names: None for the base model (no name, or a served name),
+        vLLM's LoRARequest for an adapter; an unknown name is a 404 naming what is served."""
+        base, adapters = (await self.server()).model_names()
+        if name is None or name in base:
+            return None
+        if name in adapters:
+            return adapters[name]
+        raise JobError(
+            f"model: {name!r} is not served here. {_served(base, adapters)}",
+            param="model",
+            type="NotFoundError",
+            code=404,
+        )
+
     def close(self) -> None:
         self._server = None
 
@@ -79,7 +101,7 @@ class OpenAIRoutes:
         reply = await server.call(request.route, request.body, request.method)
         if reply.events is None:
             if reply.status >= 400:
-                raise self._error(request, reply.status, reply.body, server.tasks)
+                raise self._error(request, reply.status, reply.body, server.tasks, server)
             yield reply.body
             return
         async with aclosing(reply.events) as events:
@@ -87,7 +109,7 @@ class OpenAIRoutes:
                 yield batch
 
     @staticmethod
-    def _error(request: OpenAIRequest, status: int, body: dict, tasks: tuple[str, ...]) -> JobError:
+    def _error(request: OpenAIRequest, status: int, body: dict, tasks: tuple[str, ...], server=None) -> JobError:
         """The route's error object (OpenAI's, Anthropic's, or FastAPI's {"detail"}) as the job's error."""
         error = body.get("error") if isinstance(body.get("error"), dict) else {}
         if status == 404 and body.get("detail") == "Not Found":  # vLLM registers no such route for this model
@@ -100,6 +122,8 @@ class OpenAIRoutes:
             )
         message = error.get("message") or str(body.get("detail") or body)
         message, param = _located(message, error.get("param"), request.body or {})
+        if status == 404 and param == "model" and server is not None:  # vLLM names the base model only
+            message = f"{message.rstrip('.')}. {_served(*server.model_names())}"
         code = error.get("code") if isinstance(error.get("code"), int) else status
         return JobError(message, param=param, type=error.get("type", "BadRequestError"), code=code)
 

@@ -182,6 +182,7 @@ class Worker:
                 outputs = native.generate(
                     self.engine,
                     request,
+                    lora=await self.openai.adapter(request.model) if request.model else None,
                     chat=self.chat,
                     limits=self.limits,
                     default_max_tokens=self.settings.default_max_tokens,

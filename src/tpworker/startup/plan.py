@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tpworker.config.settings import Settings
+from tpworker.models import adapters
 from tpworker.planning import hardware
 from tpworker.planning.parallel import ClusterShape, ParallelPlan
 from tpworker.startup.engine_args import cpu_environment, engine_args
@@ -52,9 +54,13 @@ def plan_start(settings: Settings, layout: Layout | None = None, cluster: Cluste
 
     layout = layout or plan_layout(settings, cluster)
     options = settings.vllm_args()
+    if options.get("lora_modules"):  # each adapter a local folder before anything loads
+        options["lora_modules"] = adapters.resolve_modules(settings, options["lora_modules"])
     if layout.parallel.backend == "ray" and (reason := async_engine.ray_unsupported_reason()):
         raise StartError(f"DISTRIBUTED_EXECUTOR_BACKEND=ray: {reason}. Use DISTRIBUTED_EXECUTOR_BACKEND=mp here.")
     args = engine_args(settings, layout, {k: v for k, v in options.items() if arguments.is_engine_arg(k)})
+    if options.get("lora_modules"):
+        _enable_lora(settings, args, options["lora_modules"])
     if args.get("model_impl") == "transformers":
         from tpworker.planning.planner import transformers_tp_plan
         from tpworker.planning.preflight import transformers_backend_problem
@@ -68,6 +74,30 @@ def plan_start(settings: Settings, layout: Layout | None = None, cluster: Cluste
     run_preflight(settings, layout, args)
     openai_options = {k: v for k, v in options.items() if not arguments.is_engine_arg(k)}
     return StartPlan(layout, args, openai_options, environment)
+
+
+def _enable_lora(settings: Settings, args: dict[str, Any], modules: list) -> None:
+    """LORA_MODULES turns LoRA on (vLLM would refuse the adapters otherwise), with a rank limit
+    that holds them: the smallest of vLLM's sizes at or above the largest adapter's rank, unless
+    MAX_LORA_RANK is set, in which case an adapter above it is refused by name."""
+    from tpworker.vllm_bridge import arguments
+
+    if not args.get("enable_lora"):
+        args["enable_lora"] = True
+        log.info("LORA_MODULES is set: LoRA enabled (ENABLE_LORA=true).")
+    ranks = {m.name: adapters.adapter_rank(Path(m.path)) or 0 for m in modules}
+    name, rank = max(ranks.items(), key=lambda item: item[1])
+    if "max_lora_rank" in args:
+        if rank > args["max_lora_rank"]:
+            raise StartError(
+                f"LORA_MODULES: the adapter {name} has rank {rank}, above MAX_LORA_RANK={args['max_lora_rank']}. "
+                f"Set MAX_LORA_RANK to at least {rank}."
+            )
+        return
+    sizes = arguments.choices_of("max_lora_rank")
+    if rank > arguments.engine_arg_default("max_lora_rank"):
+        args["max_lora_rank"] = min((size for size in sizes if size >= rank), default=rank)
+        log.info("LoRA: MAX_LORA_RANK=%d, for the adapter %s of rank %d.", args["max_lora_rank"], name, rank)
 
 
 def run_preflight(settings: Settings, layout: Layout, args: dict[str, Any]) -> None:

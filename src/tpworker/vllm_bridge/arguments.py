@@ -115,6 +115,11 @@ def engine_arg_default(name: str) -> Any:
     return _actions()[name].default
 
 
+def choices_of(name: str) -> list:
+    """The values vLLM accepts for an option with a fixed set (e.g. MAX_LORA_RANK), else []."""
+    return [c for c in (_actions()[name].choices or []) if c is not None]
+
+
 def engine_arg_help(name: str) -> str:
     """The first sentence of vLLM's own documentation of an engine argument ('' if none)."""
     from vllm.config.utils import get_attr_docs
@@ -188,6 +193,8 @@ def _split_list(text: str) -> list[str]:
     import json
 
     text = text.strip()
+    if text.startswith("{"):  # one JSON object (a LoRA module given as {"name": ..., "path": ...})
+        return [text]
     if text.startswith("["):
         return [json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in json.loads(text)]
     return [part for part in text.replace(",", " ").split() if part]

@@ -127,6 +127,12 @@ class OpenAIServer:
             answer = {"error": {"message": raw.decode(errors="replace"), "type": "InternalServerError"}}
         return OpenAIReply(response.status, answer)
 
+    def model_names(self) -> tuple[list[str], dict[str, Any]]:
+        """The base model's served names, and the LoRA adapters served (name -> vLLM's LoRARequest,
+        with the ids vLLM's own routes use, so both job forms share one adapter slot in the engine)."""
+        models = self._app.state.openai_serving_models
+        return [path.name for path in models.base_model_paths], dict(models.lora_requests)
+
     @staticmethod
     async def _texts(parts: AsyncIterator[bytes]) -> AsyncIterator[str]:
         async with aclosing(parts):
