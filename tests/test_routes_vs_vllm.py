@@ -10,6 +10,7 @@ only stand-in (tpworker dev plays its part)."""
 from __future__ import annotations
 
 import json
+import time
 
 import anthropic
 import httpx
@@ -30,6 +31,18 @@ def dev(tmp_path_factory):
     endpoint = DevEndpoint(tmp_path_factory.mktemp("dev") / "dev.log", MAX_CONCURRENCY="4")
     yield endpoint
     endpoint.close()
+
+
+def test_the_workers_own_log_lines_go_on_once_vllms_server_is_built(dev):
+    """vLLM's build_app sets the root logger to ERROR (its SageMaker bootstrap); the worker puts it back."""
+    assert httpx.get(f"{dev.url}/openai/v1/models", timeout=60).status_code == 200  # the app is built by now
+    refused = dev.wait_status(dev.run({"prompt": 5}))
+    assert refused["status"] == "FAILED"
+    for _ in range(50):
+        if "refused: prompt" in dev.log():
+            break
+        time.sleep(0.1)
+    assert "refused: prompt" in dev.log()  # an INFO line of the worker's, logged after the build
 
 
 @pytest.fixture(scope="module")

@@ -122,8 +122,8 @@ class OpenAIRoutes:
             )
         message = error.get("message") or str(body.get("detail") or body)
         message, param = _located(message, error.get("param"), request.body or {})
-        if status == 404 and param == "model" and server is not None:  # vLLM names the base model only
-            message = f"{message.rstrip('.')}. {_served(*server.model_names())}"
+        if status == 404 and param == "model" and server is not None and server.model_names()[1]:
+            message = f"{message.rstrip('.')}. {_served(*server.model_names())}"  # vLLM names the base model only
         code = error.get("code") if isinstance(error.get("code"), int) else status
         return JobError(message, param=param, type=error.get("type", "BadRequestError"), code=code)
 

@@ -4,6 +4,7 @@ called in process (no HTTP hop)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -96,7 +97,11 @@ class OpenAIServer:
         # the engine's final structured-output settings (REASONING_PARSER ends up there)
         args.structured_outputs_config = llm.vllm_config.structured_outputs_config
         tasks = tuple(await llm.get_supported_tasks())
+        root, level = logging.getLogger(), logging.getLogger().level
         app = build_app(args, tasks, llm.model_config)
+        # build_app's SageMaker bootstrap sets the root logger to ERROR (SAGEMAKER_CONTAINER_LOG_LEVEL's
+        # default), which would silence every log line of this worker from here on
+        root.setLevel(level)
         await init_app_state(llm, app.state, args, supported_tasks=tasks)
         # vLLM's engine-error handler asks the HTTP server to exit; here the worker decides that
         app.state.server = SimpleNamespace(should_exit=False)
