@@ -138,11 +138,7 @@ def test_the_gateway_route_answers_as_vllms_server(dev, reference, name, method,
 
 def test_the_route_form_through_runpods_client_sdk(dev, reference, monkeypatch):
     """{"route", "body", "method"}, as worker-vllm's current release takes it, sent with runpod.Endpoint."""
-    import runpod
-
-    monkeypatch.setattr(runpod.endpoint.runner, "endpoint_url_base", f"{dev.url}/v2", raising=False)
-    endpoint = runpod.Endpoint("dev", api_key="unused")
-    endpoint.rp_client.endpoint_url_base = f"{dev.url}/v2"
+    endpoint = sdk_endpoint(dev, monkeypatch)
     body = {"model": MODEL, "prompt": "Hello world, how are you?"}
     tokens = endpoint.run_sync({"route": "/tokenize", "body": body, "method": "POST"}, timeout=120)
     assert tokens == [httpx.post(f"{reference.url}/tokenize", json=body).json()]
@@ -150,26 +146,9 @@ def test_the_route_form_through_runpods_client_sdk(dev, reference, monkeypatch):
     assert [m["id"] for m in models[0]["data"]] == [MODEL]
     gateway_list = endpoint.run_sync({"openai_route": "/v1/models"}, timeout=120)  # no body, as the gateway sends
     assert settled(gateway_list) == settled(models)
-    text = "".join(endpoint.run({"route": "/v1/messages", "body": {**REQUESTS[7][3]}}).stream())
-    assert sse_events(text) == sse_events(
-        httpx.post(f"{reference.url}/v1/messages", json=REQUESTS[7][3], timeout=120).text
-    )
-
-
-@pytest.mark.parametrize(
-    "job,expected",
-    [
-        ({"route": "/v1/nonexistent", "body": {}}, ["/v1/nonexistent", "Accepted", "/tokenize"]),
-        ({"route": "/tokenize", "body": {"prompt": "x"}, "method": "GET"}, ["method", "POST"]),
-        ({"route": "/tokenize", "body": "Hello"}, ["body", "JSON object"]),
-        ({"route": "/tokenize"}, ["body"]),
-        ({"route": "/v1/models", "body": {"x": 1}}, ["body", "GET"]),
-        ({"route": "/tokenize", "body": {}, "headers": {}}, ["headers"]),
-    ],
-)
-def test_a_bad_route_job_is_refused_by_name(dev, job, expected):
-    status = dev.wait_status(dev.run(job))
-    assert status["status"] == "FAILED" and all(part in status["error"] for part in expected), status
+    streamed = next(body for name, _, _, body in REQUESTS if name == "messages streamed")
+    text = "".join(endpoint.run({"route": "/v1/messages", "body": streamed}).stream())
+    assert sse_events(text) == sse_events(httpx.post(f"{reference.url}/v1/messages", json=streamed, timeout=120).text)
 
 
 def test_the_anthropic_client_streamed_and_not(dev, reference):

@@ -101,7 +101,7 @@ class OpenAIRoutes:
         reply = await server.call(request.route, request.body, request.method)
         if reply.events is None:
             if reply.status >= 400:
-                raise self._error(request, reply.status, reply.body, server.tasks, server)
+                raise self._error(request, reply.status, reply.body, server)
             yield reply.body
             return
         async with aclosing(reply.events) as events:
@@ -109,20 +109,20 @@ class OpenAIRoutes:
                 yield batch
 
     @staticmethod
-    def _error(request: OpenAIRequest, status: int, body: dict, tasks: tuple[str, ...], server=None) -> JobError:
+    def _error(request: OpenAIRequest, status: int, body: dict, server: OpenAIServer) -> JobError:
         """The route's error object (OpenAI's, Anthropic's, or FastAPI's {"detail"}) as the job's error."""
         error = body.get("error") if isinstance(body.get("error"), dict) else {}
         if status == 404 and body.get("detail") == "Not Found":  # vLLM registers no such route for this model
             return JobError(
                 f"{request.route} is not served for this model: vLLM serves it only when the model runs as "
                 f"{'a generative' if request.route in GENERATION_ROUTES else 'a pooling'} model, and this one "
-                f"runs for {', '.join(tasks)} (RUNNER and CONVERT choose how vLLM runs the model).",
+                f"runs for {', '.join(server.tasks)} (RUNNER and CONVERT choose how vLLM runs the model).",
                 type="NotFoundError",
                 code=404,
             )
         message = error.get("message") or str(body.get("detail") or body)
         message, param = _located(message, error.get("param"), request.body or {})
-        if status == 404 and param == "model" and server is not None and server.model_names()[1]:
+        if status == 404 and param == "model" and server.model_names()[1]:
             message = f"{message.rstrip('.')}. {_served(*server.model_names())}"  # vLLM names the base model only
         code = error.get("code") if isinstance(error.get("code"), int) else status
         return JobError(message, param=param, type=error.get("type", "BadRequestError"), code=code)
