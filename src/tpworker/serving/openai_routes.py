@@ -23,6 +23,17 @@ from tpworker.vllm_bridge import sampling
 from tpworker.vllm_bridge.arguments import flags_to_variables
 from tpworker.vllm_bridge.openai_server import OpenAIServer
 
+# The models vLLM registers each route for (its build_app), in words, for the 404 of a route a model lacks.
+_GENERATIVE = "a generative model (RUNNER=generate, the default for a *ForCausalLM checkpoint)"
+_SCORING = "an embedding model, or a classifier with one label (a cross-encoder)"
+_SERVED_FOR = {
+    **dict.fromkeys(GENERATION_ROUTES, _GENERATIVE),
+    "/v1/embeddings": "an embedding model (RUNNER=pooling with CONVERT=embed, or an embedding checkpoint)",
+    "/pooling": "a pooling model (RUNNER=pooling)",
+    "/classify": "a classifier (a *ForSequenceClassification checkpoint, or RUNNER=pooling with CONVERT=classify)",
+    **dict.fromkeys(("/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank"), _SCORING),
+}
+
 
 def _located(message: str, param: str | None, body: dict) -> tuple[str, str | None]:
     """vLLM's error message in this worker's terms: its command-line flags as our variables
@@ -114,9 +125,9 @@ class OpenAIRoutes:
         error = body.get("error") if isinstance(body.get("error"), dict) else {}
         if status == 404 and body.get("detail") == "Not Found":  # vLLM registers no such route for this model
             return JobError(
-                f"{request.route} is not served for this model: vLLM serves it only when the model runs as "
-                f"{'a generative' if request.route in GENERATION_ROUTES else 'a pooling'} model, and this one "
-                f"runs for {', '.join(server.tasks)} (RUNNER and CONVERT choose how vLLM runs the model).",
+                f"{request.route} is not served for this model: vLLM serves it for "
+                f"{_SERVED_FOR.get(request.route, 'another kind of model')}, and this one runs for "
+                f"{', '.join(server.tasks)} (RUNNER and CONVERT choose how vLLM runs the model).",
                 type="NotFoundError",
                 code=404,
             )
