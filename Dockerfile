@@ -21,6 +21,9 @@ ARG TOKENIZER_REVISION=""
 ARG QUANTIZATION=""
 # Where RunPod mounts a network volume; its huggingface-cache/hub is searched at start.
 ARG BASE_PATH="/runpod-volume"
+# LoRA adapters to serve (vLLM's --lora-modules entries: name=hub-id or name=/folder, or JSON objects,
+# or a JSON list of them); the hub ids are baked beside the model. Kept as the worker's LORA_MODULES.
+ARG LORA_MODULES=""
 # A Hugging Face mirror to bake the model from (huggingface_hub's HF_ENDPOINT); empty: the hub itself.
 ARG HF_ENDPOINT=""
 
@@ -43,7 +46,8 @@ COPY builder ./builder
 RUN builder/install-worker.sh
 
 USER 10001
-ENV HOME=/home/tpworker
+ENV HOME=/home/tpworker \
+    LORA_MODULES=${LORA_MODULES}
 # The token is a BuildKit secret, readable by this step only (see builder/bake-model.sh).
 RUN --mount=type=secret,id=HF_TOKEN,uid=10001 builder/bake-model.sh
 

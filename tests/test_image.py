@@ -1,14 +1,15 @@
-"""The image users deploy, built and run (`make image-test`; root, buildah, debootstrap; deselected from
-`make test`). The project's Dockerfile is built as it is, its FROM replaced by a CPU stand-in for
-vllm/vllm-openai:v0.32.0 (image/build-cpu-base.sh: the same vLLM release, CPU build), twice: without a model,
-and with the default model baked from a local hub (tests/hubserver.py) that serves it gated, so the build
-needs the token, given as a build secret. Then what was built runs, inside the image as its user: the entry
-point with --test_input offline, a bad job, a network volume at BASE_PATH, RunPod's production job loop
-against `tpworker dev --external-worker`; and the image itself is read: the token in no layer or history
-entry, uid 10001, the baked model in /models, the size each step adds.
+"""The image users deploy, built and run (`make image-test`; root, buildah, debootstrap; deselected from `make test`).
+The project's Dockerfile is built as it is, its FROM replaced by a CPU stand-in for vllm/vllm-openai:v0.32.0
+(image/build-cpu-base.sh: the same vLLM release, CPU build), twice: without a model, and with the default model
+baked from a local hub (tests/hubserver.py) that serves it gated, so the build needs the token, given as a build
+secret, and a LoRA adapter (made with peft, as tests/test_lora.py makes it) baked beside it from the same hub
+through the LORA_MODULES build argument. Then what was built runs, inside the image as its user: the entry point
+with --test_input offline, a bad job, a network volume at BASE_PATH, RunPod's production job loop against `tpworker
+dev --external-worker`; and the image itself is read: the token in no layer or history entry, uid 10001, the baked
+model in /models, the size each step adds.
 
-Build steps install from a wheel folder (image/uv.toml, mounted at /etc/uv for the build only), so no
-build step needs the network."""
+Build steps install from a wheel folder (image/uv.toml, mounted at /etc/uv for the build only), so no build step
+needs the network."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_lora import ADAPTER, make_adapter
 
 from conftest import ENGINE_ENV, ROOT, DevEndpoint, models_cache_dir, text_of
 from hubserver import FakeHub
@@ -36,6 +38,7 @@ BASE = "localhost/tpworker-cpu-base:vllm-0.32.0"
 PLAIN = "localhost/tpworker:image-test"
 BAKED = "localhost/tpworker:image-test-smollm2"
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
+ADAPTER_REPO = "org/capitals-lora"
 CHAT = {
     "input": {
         "messages": [{"role": "user", "content": "What is the capital of France?"}],
@@ -110,12 +113,15 @@ def baked(buildah, wheels, plain, models, tmp_path_factory) -> Baked:
     secret = tmp_path_factory.mktemp("secret") / "HF_TOKEN"
     secret.write_text(token)
     started = time.monotonic()
+    adapter = tmp_path_factory.mktemp("adapter")
+    make_adapter(models[1], adapter)
     with FakeHub(granted_token=token) as hub:
         commit = hub.add_repo(REPO, models[1], gated=True)
+        hub.add_repo(ADAPTER_REPO, adapter)
+        arguments = {"MODEL_NAME": REPO, "LORA_MODULES": f"{ADAPTER}={ADAPTER_REPO}", "HF_ENDPOINT": hub.url}
         log = buildah.build(
-            BAKED, BASE, "build-baked.log", {"MODEL_NAME": REPO, "HF_ENDPOINT": hub.url}, build_mounts(wheels),
-            secret=("HF_TOKEN", secret),
-        )  # fmt: skip
+            BAKED, BASE, "build-baked.log", arguments, build_mounts(wheels), secret=("HF_TOKEN", secret)
+        )
     built = Baked(BAKED, log, time.monotonic() - started, token, commit)
     print(f"{BAKED}: built in {built.seconds:.0f} s")
     return built
@@ -140,6 +146,8 @@ def test_the_install_step_keeps_the_bases_vllm_and_adds_the_worker(plain):
 def test_the_gated_model_is_baked_with_the_secret_token(baked):
     assert f"Downloading {REPO}" in baked.log, baked.log[-3000:]
     assert f"serves {REPO} at commit {baked.commit[:12]}" in baked.log
+    assert f"LoRA adapter {ADAPTER}: {ADAPTER_REPO} at commit" in baked.log
+    assert "baked into /models/adapters" in baked.log
 
 
 # ---- what was built, run
@@ -158,6 +166,7 @@ def test_the_entry_point_answers_offline_as_the_images_user(buildah, baked):
     assert done.returncode == 0, output[-4000:]
     assert f"Model: {REPO} at commit {baked.commit[:12]} is baked into the image" in output
     assert "vLLM runs with HF_HUB_OFFLINE=1" in output
+    assert f"LoRA adapter {ADAPTER}: {ADAPTER_REPO} is baked into the image" in output
     assert "Paris" in answer(output), output[-3000:]
 
 
@@ -214,12 +223,16 @@ def test_the_worker_serves_a_job_on_runpods_job_loop(buildah, baked, tmp_path):
             try:
                 job_id = dev.run(CHAT["input"])
                 status = dev.wait_status(job_id, seconds=300)
+                # the baked adapter, by name: a different answer from the base model's to the same job
+                adapted = dev.wait_status(dev.run({**CHAT["input"], "model": ADAPTER}), seconds=120)
             finally:
                 _stop_group(worker)
         worker_log = (tmp_path / "worker.log").read_text()
         assert status["status"] == "COMPLETED", (status, worker_log[-4000:])
         # The dev server hands jobs out only through the worker routes the SDK's job loop polls.
         assert "Paris" in text_of(status["output"]), status
+        assert adapted["status"] == "COMPLETED", (adapted, worker_log[-4000:])
+        assert text_of(adapted["output"]) != text_of(status["output"])
     finally:
         dev.close()
 

@@ -102,6 +102,7 @@ def test_build_arguments_secret_user_entrypoint():
         "TOKENIZER_REVISION",
         "QUANTIZATION",
         "BASE_PATH",
+        "LORA_MODULES",
         "HF_ENDPOINT",
     }
     # The token only as a BuildKit secret: never an ARG or ENV.

@@ -157,3 +157,43 @@ def test_adapters_are_found_like_the_model_before_anything_loads(models, adapter
         plan_with(models, tmp_path, LORA_MODULES=f"{ADAPTER}={folder}", MAX_LORA_RANK="1")
     as_json = json.dumps({"name": ADAPTER, "path": str(folder)})  # worker-vllm's JSON form
     assert plan_with(models, tmp_path, LORA_MODULES=as_json).openai_options["lora_modules"][0].path == str(folder)
+
+
+def test_adapters_baked_at_build_time_are_served_offline(models, adapter, tmp_path):
+    """The image build's step (`tpworker download-adapters`, run with LORA_MODULES from the build argument)
+    fills the hub cache beside the model's manifest; the worker finds the adapter there at start, offline,
+    asking the hub nothing. A repository that holds no adapter stops the build, named."""
+    import os
+    import subprocess
+    import sys
+
+    from hubserver import FakeHub
+
+    folder, _ = adapter
+    modules = f"{ADAPTER}=org/capitals-lora"
+    baked = tmp_path / "models" / "adapters"  # beside plan_with's MODEL_MANIFEST
+    environment = {**os.environ, "MODEL_MANIFEST": str(tmp_path / "models" / "manifest.json")}
+    environment.update(HF_HOME=str(tmp_path / "hf-home"), HF_TOKEN="")
+
+    def download_adapters(hub, lora_modules):
+        env = {**environment, "LORA_MODULES": lora_modules, "HF_ENDPOINT": hub.url}
+        command = [sys.executable, "-m", "tpworker", "download-adapters"]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+    (tmp_path / "not-an-adapter").mkdir()
+    (tmp_path / "not-an-adapter" / "README.md").write_text("no weights here")
+    with FakeHub() as hub:
+        commit = hub.add_repo("org/capitals-lora", folder)
+        hub.add_repo("org/not-an-adapter", tmp_path / "not-an-adapter")
+        done = download_adapters(hub, modules)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"LoRA adapter {ADAPTER}: org/capitals-lora at commit {commit[:12]} baked into {baked}" in done.stdout
+        assert "rank 8" in done.stdout
+        asked = len(hub.requests)
+        plan = plan_with(models, tmp_path, LORA_MODULES=modules, HF_HUB_OFFLINE="1", HF_ENDPOINT=hub.url)
+        assert len(hub.requests) == asked, [r.path for r in hub.requests[asked:]]
+        refused = download_adapters(hub, "other=org/not-an-adapter")
+    (module,) = plan.openai_options["lora_modules"]
+    assert baked in Path(module.path).parents and (Path(module.path) / "adapter_model.safetensors").is_file()
+    assert refused.returncode == 2
+    assert "org/not-an-adapter is not a peft LoRA adapter: no adapter_config.json" in refused.stderr

@@ -70,6 +70,28 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download_adapters(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tpworker.config.settings import load_settings
+    from tpworker.errors import StartRefused
+    from tpworker.models import adapters
+
+    try:
+        settings = load_settings()
+        modules = settings.vllm_args().get("lora_modules") or []  # LORA_MODULES, read as the worker reads it
+        if not modules:
+            print("LORA_MODULES is empty: no adapter baked.")
+            return 0
+        cache = Path(args.dest) if args.dest else adapters.baked_cache(settings)
+        for line in adapters.bake(settings, modules, cache):
+            print(f"LoRA adapter {line}")
+    except StartRefused as e:  # a bad LORA_MODULES, or an adapter the hub does not give
+        print(f"tpworker download-adapters: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _dev(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -153,6 +175,16 @@ def parser() -> argparse.ArgumentParser:
     )
     fetch.set_defaults(run=_download)
 
+    fetch_adapters = commands.add_parser(
+        "download-adapters",
+        help="fetch LORA_MODULES' adapters from the hub for the worker (the image build runs it)",
+        description="Download each LoRA adapter that LORA_MODULES names by hub id into a hub cache the worker "
+        "searches at start (beside MODEL_MANIFEST: /models/adapters in the image), so that it serves them offline. "
+        "Folders are left as they are. HF_TOKEN gives access to private adapters.",
+    )
+    fetch_adapters.add_argument("--dest", help="the hub cache to fill (default: adapters/ beside MODEL_MANIFEST)")
+    fetch_adapters.set_defaults(run=_download_adapters)
+
     dev = commands.add_parser(
         "dev",
         help="a local RunPod endpoint (/run, /runsync, /stream, /status, /cancel, /health, /openai/v1) "
@@ -199,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if ray_args:
         args.ray_args = ray_args
     # Once, for every command, secrets redacted: commands that report and exit log plain lines.
-    configure_logging(COMMAND_FORMAT if args.command in ("plan", "download") else SERVICE_FORMAT)
+    configure_logging(COMMAND_FORMAT if args.command in ("plan", "download", "download-adapters") else SERVICE_FORMAT)
     return args.run(args)
 
 
