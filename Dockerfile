@@ -51,5 +51,7 @@ ENV HOME=/home/tpworker \
 # The token is a BuildKit secret, readable by this step only (see builder/bake-model.sh).
 RUN --mount=type=secret,id=HF_TOKEN,uid=10001 builder/bake-model.sh
 
+# The RunPod SDK keeps its job state file in the working directory: the worker's own home.
+WORKDIR /home/tpworker
 # No HEALTHCHECK: RunPod does not use one; the worker reports its state through the job loop.
 ENTRYPOINT ["python3", "/opt/tpworker/handler.py"]

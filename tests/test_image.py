@@ -45,6 +45,7 @@ CHAT = {
         "sampling_params": {"temperature": 0, "max_tokens": 24},
     }
 }
+PROMPT = {"prompt": "The capital of France is", "sampling_params": {"temperature": 0, "max_tokens": 16}}
 # As on a 2-GPU worker: two tensor-parallel ranks (one core each here).
 RUN_ENV = {**ENGINE_ENV, "TENSOR_PARALLEL_SIZE": "2"}
 
@@ -223,16 +224,18 @@ def test_the_worker_serves_a_job_on_runpods_job_loop(buildah, baked, tmp_path):
             try:
                 job_id = dev.run(CHAT["input"])
                 status = dev.wait_status(job_id, seconds=300)
-                # the baked adapter, by name: a different answer from the base model's to the same job
-                adapted = dev.wait_status(dev.run({**CHAT["input"], "model": ADAPTER}), seconds=120)
+                # the baked adapter, by name: a different answer from the base model's to the same prompt
+                base = dev.wait_status(dev.run(PROMPT), seconds=120)
+                adapted = dev.wait_status(dev.run({**PROMPT, "model": ADAPTER}), seconds=120)
             finally:
                 _stop_group(worker)
         worker_log = (tmp_path / "worker.log").read_text()
         assert status["status"] == "COMPLETED", (status, worker_log[-4000:])
         # The dev server hands jobs out only through the worker routes the SDK's job loop polls.
         assert "Paris" in text_of(status["output"]), status
-        assert adapted["status"] == "COMPLETED", (adapted, worker_log[-4000:])
-        assert text_of(adapted["output"]) != text_of(status["output"])
+        assert base["status"] == adapted["status"] == "COMPLETED", (base, adapted, worker_log[-4000:])
+        assert text_of(adapted["output"]) != text_of(base["output"])
+        assert "Failed to save job state" not in worker_log  # the SDK's state file, in a folder the worker owns
     finally:
         dev.close()
 
