@@ -45,6 +45,16 @@ def test_round_figures_from_timings():
     assert not failed["complete"] and failed["errors"] == ["boom"] and failed["tokens_per_s"] == 0
 
 
+def test_arrivals_per_second_and_the_longest_silence():
+    steady = Timing(sent=0.0, done=1.0, tokens=5, arrivals=[0.1, 0.15, 0.2, 0.25, 0.3])  # every 50 ms
+    bursts = Timing(sent=0.0, done=1.0, tokens=5, arrivals=[0.1, 0.5, 0.9])  # 400 ms apart
+    figures = metrics.round_figures([steady, bursts], expected_tokens=5)
+    assert figures["arrivals_per_s_median"] == pytest.approx((20.0 + 2.5) / 2)  # 4 / 0.2 s and 2 / 0.8 s
+    assert figures["silence_ms_max"] == pytest.approx(400.0)
+    whole = metrics.round_figures([Timing(sent=0.0, done=1.0, tokens=5, arrivals=[0.9])], expected_tokens=5)
+    assert whole["arrivals_per_s_median"] is None and whole["silence_ms_max"] is None  # one arrival: no gap
+
+
 def test_summary_and_ratio_use_medians():
     rounds = [
         {"complete": True, "requests": 2, **{f: None for f in metrics.FIGURES}, "tokens_per_s": v}
@@ -167,6 +177,7 @@ def test_a_real_run_measures_every_route_and_completes_every_request(bench_run):
             assert summary["tokens_per_s"]["median"] > 0
             assert 0 < summary["ttft_ms_median"]["median"] <= summary["e2e_ms_median"]["median"]
             assert summary["itl_ms_median"]["median"] > 0
+            assert summary["arrivals_per_s_median"]["median"] > 0  # a stream of 8 tokens arrives more than once
             if route != "raw":
                 assert figures["vs_raw"]["tokens_per_s"] > 0
         assert len(data["warmup"]) == 1

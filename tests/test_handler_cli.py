@@ -44,6 +44,10 @@ def test_streamed_chat_at_tp2_prints_chunks_and_paris_and_exits_0(models):
     assert "--- text of choice 0: " in output and "Paris" in output.split("--- text of choice 0: ")[1]
     assert "TP=2 x PP=1" in output and "VLLM_CPU_OMP_THREADS_BIND=0|1" in output
     assert "No GPU: running in float32" in output  # DTYPE unset: the answer holds on every CPU
+    # the start's estimate from the read speed measured on the weights, then its real duration, against the limit
+    assert "Start estimate: about" in output and "GB/s (measured reading " in output
+    assert "within RunPod's init timeout of 7.0 min (RUNPOD_INIT_TIMEOUT=420, RunPod's default)" in output
+    assert "since the process began, of the 420 s RUNPOD_INIT_TIMEOUT allows; estimated" in output
 
 
 @pytest.mark.slow

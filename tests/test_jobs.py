@@ -1,9 +1,8 @@
-"""Job parsing and stream batching, without an engine."""
+"""Job parsing, without an engine (stream batching: test_batching.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import pytest
 
@@ -12,7 +11,6 @@ from tpworker.serving.batching import BatchPolicy
 from tpworker.serving.errors import JobError
 from tpworker.serving.jobs import parse_job
 from tpworker.serving.limits import Limits
-from tpworker.serving.native import StreamBatcher
 
 DEFAULT = BatchPolicy(max_size=50, min_size=1, growth_factor=3)
 LIMITS = Limits.from_settings(WorkerSettings())  # the defaults, from the settings alone
@@ -53,28 +51,6 @@ def test_internal_sampling_fields_are_not_accepted():
 def test_a_job_without_input():
     with pytest.raises(JobError, match="no 'input'"):
         parse_job({"id": "j"}, default_batching=DEFAULT, limits=LIMITS)
-
-
-def chunk_sizes(policy: BatchPolicy, tokens: int) -> list[int]:
-    batcher = StreamBatcher(1, policy)
-    sizes = []
-    for _ in range(tokens):
-        batcher.add(0, "t", 1, None)
-        if batcher.full:
-            sizes.append(len(batcher.take({})["choices"][0]["tokens"]))
-    return sizes
-
-
-def test_stream_chunks_grow_by_the_factor_up_to_the_maximum():
-    assert chunk_sizes(DEFAULT, 200) == [1, 3, 9, 27, 50, 50, 50]
-    assert chunk_sizes(BatchPolicy(8, 8, 1), 20) == [8, 8]
-    assert chunk_sizes(BatchPolicy(10, 1, 1.5), 30) == [1, 2, 3, 4, 6, 8]
-
-
-def test_one_growth_policy_for_both_job_forms():
-    """Native chunks (tokens) and OpenAI yields (SSE events) take their sizes from BatchPolicy.sizes()."""
-    assert list(itertools.islice(DEFAULT.sizes(), 7)) == [1, 3, 9, 27, 50, 50, 50]
-    assert DEFAULT == BatchPolicy.from_settings(WorkerSettings())  # DEFAULT_BATCH_SIZE=50, MIN 1, factor 3
 
 
 def test_the_limits_defaults_and_checks_come_from_the_settings():

@@ -239,3 +239,36 @@ def test_links_read_from_nvml_follow_cuda_visible_devices():
         Link(1, 2, False, True),
     ]
     assert gpu_links("2,0", 2, nvml=FakeNvml()) == [Link(0, 1, False, True)]
+
+
+def test_plan_estimates_the_start_against_runpods_init_timeout(capsys, monkeypatch):
+    """Llama-3-70B's 141 GB: read at the assumed 0.5 GB/s the start passes RunPod's 7 minutes (282 s of reading
+    plus 180 s allowed for the engine and compilation), which the plan says with the variable to raise; at a
+    measured 3 GB/s, or with RUNPOD_INIT_TIMEOUT raised, it fits."""
+    model = str(CONFIGS / "llama-3-70b-instruct.json")
+    assert cli.main(["plan", model, "--gpus", "8", "--gpu-memory", "80"]) == 0
+    text = capsys.readouterr().out
+    assert "WARNING: Start estimate: about 7.7 min (weights 141.1 GB at 0.50 GB/s (assumed" in text
+    assert "which exceeds RunPod's init timeout of 7.0 min (RunPod's default)" in text
+    assert "Raise RUNPOD_INIT_TIMEOUT on the endpoint to at least 693 s" in text
+    assert cli.main(["plan", model, "--gpus", "8", "--gpu-memory", "80", "--read-speed", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "WARNING" not in text and "at 3.00 GB/s (given): 47 s" in text and "within RunPod's init timeout" in text
+    monkeypatch.setenv("RUNPOD_INIT_TIMEOUT", "900")
+    assert cli.main(["plan", model, "--gpus", "8", "--gpu-memory", "80", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert not report["start_estimate_warns"] and "(RUNPOD_INIT_TIMEOUT=900)" in report["start_estimate"]
+
+
+def test_the_read_speed_is_measured_on_the_weight_files_and_a_near_limit_start_warns(tmp_path):
+    from tpworker.planning import start_time
+
+    assert start_time.measure_read_speed(tmp_path) is None  # no weights
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 4 * 2**20)
+    assert start_time.measure_read_speed(tmp_path) > 0
+    estimate = start_time.StartEstimate(int(50e9), 1e9, "measured", compiles=False)  # 50 s + 60 s allowed
+    sentence, warns = start_time.against_timeout(estimate, 420, "RunPod's default")
+    assert not warns and "about 1.8 min" in sentence and "within" in sentence
+    sentence, warns = start_time.against_timeout(estimate, 130, "RUNPOD_INIT_TIMEOUT=130")  # 110 s of 130: > 80%
+    assert warns and "comes close to RunPod's init timeout of 2.2 min (RUNPOD_INIT_TIMEOUT=130)" in sentence
+    assert "at least 165 s" in sentence

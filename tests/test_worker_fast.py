@@ -30,12 +30,23 @@ def tokens_of(chunk: dict, choice: int = 0) -> list[str]:
     return chunk["choices"][choice]["tokens"]
 
 
-def test_a_streamed_job_comes_in_growing_chunks_with_usage():
-    chunks = run(collect(make_worker(), {"prompt": "abcd", "stream": True, "sampling_params": {"max_tokens": 20}}))
+def test_a_counted_stream_comes_in_growing_chunks_with_usage():
+    worker = make_worker(stream_interval_ms=0)  # worker-vllm's counted chunks
+    chunks = run(collect(worker, {"prompt": "abcd", "stream": True, "sampling_params": {"max_tokens": 20}}))
     assert [len(tokens_of(c)) for c in chunks] == [1, 3, 9, 7]  # MIN_BATCH_SIZE 1, x3, the rest
     assert "".join(t for c in chunks for t in tokens_of(c)) == "".join(token_text(0, k) for k in range(20))
     assert [c["usage"] for c in chunks] == [{"input": 4, "output": n} for n in (1, 4, 13, 20)]
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, None, "length"]
+
+
+def test_a_paced_stream_sends_the_first_token_alone_then_what_each_interval_made():
+    """The default: a token every 10 ms, a chunk at most every 50 ms (STREAM_INTERVAL_MS)."""
+    worker = make_worker(FakeEngine(token_delay=0.01))
+    chunks = run(collect(worker, {"prompt": "abcd", "stream": True, "sampling_params": {"max_tokens": 30}}))
+    sizes = [len(tokens_of(c)) for c in chunks]
+    assert sizes[0] == 1 and sum(sizes) == 30 and max(sizes) > 1 and len(chunks) < 30
+    assert "".join(t for c in chunks for t in tokens_of(c)) == "".join(token_text(0, k) for k in range(30))
+    assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "length"
 
 
 def test_a_job_not_streamed_is_one_chunk_per_choice_text():

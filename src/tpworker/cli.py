@@ -13,7 +13,8 @@ def _plan(args: argparse.Namespace) -> int:
     from tpworker.config.settings import load_settings
     from tpworker.planning import hardware, planner
 
-    gpus = hardware.visible_gpus(load_settings().cuda_visible_devices)
+    settings = load_settings()
+    gpus = hardware.visible_gpus(settings.cuda_visible_devices)
     count = args.gpus or len(gpus) or 8
     memory = args.gpu_memory or (min(g.memory_bytes for g in gpus) / 1024**3 if gpus else 80.0)
     try:
@@ -28,6 +29,12 @@ def _plan(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             kv_cache_dtype=args.kv_cache_dtype,
             revision=args.revision,
+            read_gb_per_s=args.read_speed or 0.5,
+            read_speed_source="given" if args.read_speed else "assumed: give yours with --read-speed",
+            init_timeout_s=settings.worker.runpod_init_timeout,
+            init_timeout_source=f"RUNPOD_INIT_TIMEOUT={settings.worker.runpod_init_timeout}"
+            if "runpod_init_timeout" in settings.worker.model_fields_set
+            else "RunPod's default",
         )
     except (OSError, KeyError, ValueError) as e:
         print(f"tpworker plan: cannot read {args.model!r}: {e}", file=sys.stderr)
@@ -151,6 +158,13 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--dtype", help="serving dtype (default: the checkpoint's)")
     plan.add_argument("--kv-cache-dtype", help="KV cache dtype, e.g. fp8 (default: the serving dtype)")
     plan.add_argument("--revision", help="hub revision")
+    plan.add_argument(
+        "--read-speed",
+        type=float,
+        metavar="GB/s",
+        help="how fast the worker reads the weights from where they are (default 0.5, an assumption; the worker "
+        "logs the speed it measures at start)",
+    )
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(run=_plan)
 

@@ -6,15 +6,30 @@ Definitions (as vLLM's own benchmarks use them):
 - ITL: inter-token latency as time per output token after the first,
   (last token - first token) / (tokens - 1). The worker streams tokens in chunks (every chunk is
   an HTTP post on RunPod), so the gaps between arrivals are not per token; this average is;
-- E2E: request sent -> last token received.
+- E2E: request sent -> last token received;
+- arrivals/s and the longest silence: how a stream reaches its reader. An arrival is one read of the
+  response that brought text (a chunk: one or more tokens); per request, arrivals after the first per
+  second between the first and the last, and the longest gap between two arrivals. The median of the
+  first and the largest of the second over a round's requests.
 """
 
 from __future__ import annotations
 
+import itertools
 import statistics
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
-FIGURES = ("tokens_per_s", "ttft_ms_median", "ttft_ms_p90", "itl_ms_median", "e2e_ms_median", "e2e_ms_p90")
+FIGURES = (
+    "tokens_per_s",
+    "ttft_ms_median",
+    "ttft_ms_p90",
+    "itl_ms_median",
+    "e2e_ms_median",
+    "e2e_ms_p90",
+    "arrivals_per_s_median",
+    "silence_ms_max",
+)
 
 
 @dataclass
@@ -28,6 +43,12 @@ class Timing:
     last: float | None = None  # last token's arrival, when the response ends later (dev: the job's final status)
     prompt_tokens: int | None = None
     error: str | None = None
+    arrivals: list[float] = field(default_factory=list)  # each read that brought text (streamed only)
+
+    def note_arrival(self) -> None:
+        self.last = now = time.perf_counter()
+        self.first = self.first or now
+        self.arrivals.append(now)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -50,6 +71,9 @@ def round_figures(timings: list[Timing], expected_tokens: int) -> dict:
     itl = [((t.last or t.done) - t.first) * 1000 / (t.tokens - 1) for t in ok if t.first is not None and t.tokens > 1]
     e2e = [(t.done - t.sent) * 1000 for t in ok]
     prompts = [t.prompt_tokens for t in ok if t.prompt_tokens is not None]
+    streams = [t.arrivals for t in ok if len(t.arrivals) > 1]
+    rates = [(len(a) - 1) / (a[-1] - a[0]) for a in streams if a[-1] > a[0]]
+    silences = [max(b - a for a, b in itertools.pairwise(arrivals)) * 1000 for arrivals in streams]
     return {
         "requests": len(timings),
         "errors": [t.error for t in timings if t.error is not None][:3],
@@ -62,6 +86,8 @@ def round_figures(timings: list[Timing], expected_tokens: int) -> dict:
         "itl_ms_median": percentile(itl, 50),
         "e2e_ms_median": percentile(e2e, 50),
         "e2e_ms_p90": percentile(e2e, 90),
+        "arrivals_per_s_median": percentile(rates, 50),
+        "silence_ms_max": max(silences, default=None),
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import codecs
 import itertools
 import json
 import time
@@ -61,8 +62,8 @@ class RawRunner(Runner):
         output = None
         async for output in self.llm.generate({"prompt": prompt}, params, self.next_id()):
             count = len(output.outputs[0].token_ids)
-            if stream and count and timing.first is None:
-                timing.first = now()
+            if stream and count:
+                timing.note_arrival()
             timing.tokens = timing.tokens + count if stream else count
         timing.done = now()
         timing.prompt_tokens = len(output.prompt_token_ids) if output is not None else None
@@ -104,8 +105,8 @@ class HandlerOpenAIRunner(Runner):
             if isinstance(output, list):  # RAW_OPENAI_OUTPUT=false: chunk objects instead of SSE text
                 output = "".join(f"data: {json.dumps(item)}\n\n" for item in output)
             if isinstance(output, str):  # streamed: whole SSE events; usage may be in an earlier yield than [DONE]
-                if stream and timing.first is None and has_text(output):
-                    timing.first = now()
+                if stream and has_text(output):
+                    timing.note_arrival()
                 last = (last + output)[-TAIL:] if isinstance(last, str) else output
             else:  # not streamed: the response object, or an error
                 last = output
@@ -175,12 +176,14 @@ class OpenAIHTTPRunner(Runner):
             if not stream or response.status != 200:
                 last = json.loads(await response.read())
             else:
-                last = ""
-                async for raw in response.content:
-                    line = raw.decode()
-                    if timing.first is None and has_text(line):
-                        timing.first = now()
-                    last = (last + line)[-TAIL:]
+                last, pending, decoder = "", "", codecs.getincrementaldecoder("utf-8")()
+                async for data in response.content.iter_any():  # each read as it arrives: one arrival
+                    pending += decoder.decode(data)
+                    complete, _, pending = pending.rpartition("\n")  # whole lines only
+                    if has_text(complete):
+                        timing.note_arrival()
+                    last = (last + complete + "\n")[-TAIL:]
+                last += pending
         timing.done = now()
         note_openai_end(timing, last)
         return timing
@@ -221,8 +224,8 @@ class OpenAIClientRunner(Runner):
                 **sampling,
             )
             async for chunk in chunks:
-                if timing.first is None and chunk.choices and chunk.choices[0].text:
-                    timing.first = now()
+                if chunk.choices and chunk.choices[0].text:
+                    timing.note_arrival()
                 usage = chunk.usage or usage
         timing.done = now()
         if usage is None:
@@ -244,8 +247,7 @@ def note_native_chunk(timing: Timing, chunk, stream: bool) -> None:
         timing.error = str(chunk.get("error") if isinstance(chunk, dict) else chunk)[:300]
         return
     if stream and any(choice["tokens"] for choice in chunk["choices"]):
-        timing.last = now()
-        timing.first = timing.first or timing.last
+        timing.note_arrival()
     timing.tokens, timing.prompt_tokens = chunk["usage"]["output"], chunk["usage"]["input"]
 
 

@@ -18,6 +18,10 @@ METHOD = [
     "output tokens over the time from the first request sent to the last token received.",
     "TTFT: request sent to first token received. ITL: (last token - first token) / (tokens - 1) per request, "
     "because the worker streams tokens in chunks (every chunk is an HTTP post on RunPod). E2E: sent to last token.",
+    "arrivals/s: per request, the reads of the response that brought text, after the first, per second between "
+    "the first and the last (the median over a round's requests); max silence: the longest gap between two such "
+    "reads in any request of the round. vLLM's own server sends each token as it is made; the worker sends "
+    "chunks paced by STREAM_INTERVAL_MS (or counted: the BATCH_SIZE settings).",
     "Each TP size and each process kind runs alone (one engine in memory at a time): `raw` is vLLM's AsyncLLM "
     "built from the engine arguments the worker uses; `handler-*` is handler.py's handler in process (the worker "
     "built as handler.py builds it); `dev-*` is `tpworker dev` over HTTP (POST /run + GET /stream, or "
@@ -86,6 +90,8 @@ def throughput_rows(run: dict) -> list[list[str]]:
                     _median(s["ttft_ms_p90"]),
                     _median(s["itl_ms_median"], 2),
                     _median(s["e2e_ms_median"], 0),
+                    _median(s.get("arrivals_per_s_median")),
+                    _median(s.get("silence_ms_max"), 0),
                     "yes" if s["complete"] else "NO",
                 ]
             )
@@ -103,6 +109,8 @@ THROUGHPUT_HEADER = [
     "TTFT p90 ms",
     "ITL ms",
     "E2E ms",
+    "arrivals/s",
+    "max silence ms",
     "complete",
 ]
 

@@ -87,12 +87,22 @@ class WorkerSettings(BaseModel):
         "(on the nodes of a Ray cluster, see `tpworker cluster`): TP x PP may then exceed this node's GPUs.",
     )
     max_concurrency: int = Field(30, ge=1, description="Jobs one worker runs at the same time.")
-    default_batch_size: int = Field(
-        50, ge=1, description="Most tokens in one streamed chunk (per job: `max_batch_size`)."
+    stream_interval_ms: int = Field(
+        50,
+        ge=0,
+        description="Streams: the first chunk leaves with the first token, each next one this many milliseconds "
+        "after the last, with every token made meanwhile (at most 1000/STREAM_INTERVAL_MS posts a second per "
+        "stream). 0, or any of the three batch-size variables below set without it: chunks counted in tokens "
+        "(worker-vllm's way).",
     )
-    min_batch_size: int = Field(1, ge=1, description="Tokens in the first streamed chunk (per job: `min_batch_size`).")
+    default_batch_size: int = Field(
+        50, ge=1, description="Counted streams: most tokens in one chunk (per job: `max_batch_size`)."
+    )
+    min_batch_size: int = Field(
+        1, ge=1, description="Counted streams: tokens in the first chunk (per job: `min_batch_size`)."
+    )
     batch_size_growth_factor: float = Field(
-        3, ge=1, description="Each streamed chunk may hold this many times more tokens than the last."
+        3, ge=1, description="Counted streams: each chunk may hold this many times more tokens than the last."
     )
     default_max_tokens: int = Field(
         1024, ge=1, description="`max_tokens` of a native job that does not set it (cut to fit the context)."
@@ -120,6 +130,12 @@ class WorkerSettings(BaseModel):
         30,
         ge=0,
         description="On SIGTERM, seconds in-flight jobs get to finish before they end with an error.",
+    )
+    runpod_init_timeout: int = Field(
+        420,
+        ge=1,
+        description="RunPod's limit on a worker's start, in seconds (set on the endpoint; default 7 minutes): the "
+        "worker estimates its start against it at start and warns when the estimate comes close.",
     )
     raw_openai_output: bool = Field(
         True, description="OpenAI streams yield SSE text (`data: {...}`); false: lists of parsed chunk objects."

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from tpworker.planning.memory import GB, RUNTIME_RESERVE_BYTES, GiB, MemoryModel, capacity
 from tpworker.planning.modelinfo import ModelFacts, read_model_config, weights_size
 from tpworker.planning.parallel import pp_layer_split, tp_problem, valid_tp_sizes
+from tpworker.planning.start_time import RUNPOD_INIT_TIMEOUT_S, StartEstimate, against_timeout
 
 
 @dataclass
@@ -58,6 +59,8 @@ class PlanReport:
     tp_plan: dict[str, str] = field(default_factory=dict)
     nodes: int = 1  # with more than one, `gpus` is per node
     recommended_pp: int | None = None
+    start_estimate: str = ""  # the start's estimated duration against RunPod's init timeout
+    start_estimate_warns: bool = False
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -86,6 +89,10 @@ def build_report(
     dtype: str | None = None,
     kv_cache_dtype: str | None = None,
     revision: str | None = None,
+    read_gb_per_s: float = 0.5,
+    read_speed_source: str = "assumed",
+    init_timeout_s: int = RUNPOD_INIT_TIMEOUT_S,
+    init_timeout_source: str = "RunPod's default",
 ) -> PlanReport:
     config = read_model_config(model, revision)
     facts = ModelFacts.from_config(config)
@@ -124,6 +131,8 @@ def build_report(
             )
         )
     best, reason = _recommend(rows, max_concurrency, max_model_len, gpus * nodes, gpu_memory_gib)
+    estimate = StartEstimate(int(memory.total_weight_bytes), read_gb_per_s * GB, read_speed_source, compiles=True)
+    start_estimate, warns = against_timeout(estimate, init_timeout_s, init_timeout_source)
     return PlanReport(
         model=model,
         architecture=(config.get("architectures") or [facts.model_type])[0],
@@ -148,6 +157,8 @@ def build_report(
         tp_plan=transformers_tp_plan(facts.model_type) or {},
         nodes=nodes,
         recommended_pp=best.pipeline_parallel_size if best else None,
+        start_estimate=start_estimate,
+        start_estimate_warns=warns,
     )
 
 
@@ -243,6 +254,8 @@ def render_text(report: PlanReport) -> str:
         f"{RUNTIME_RESERVE_BYTES / GiB:g} GiB per GPU kept for activations and CUDA graphs; "
         "vLLM measures the real figures at start."
     )
+    if r.start_estimate:
+        lines.append(("WARNING: " if r.start_estimate_warns else "") + r.start_estimate)
     if r.tp_plan:
         lines += [
             "",

@@ -2,7 +2,7 @@
 
 Each chunk: {"choices": [{"tokens": [str, ...], "finish_reason": str | None}, ...],
              "usage": {"input": prompt tokens, "output": tokens generated so far, all choices}}
-Streaming: chunks of growing size (BatchPolicy). A choice's finish_reason is set from the chunk
+Streaming: chunks paced by time or by count (serving/batching.py). A choice's finish_reason is set from the chunk
 holding its last token on. Not streaming: one chunk, the whole text of each choice.
 When the job asks for `sampling_params.logprobs` (k), each choice also carries "logprobs": one
 entry per generated token, {"token", "token_id", "logprob", "top_logprobs": [k best, by rank]}.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from vllm.sampling_params import RequestOutputKind
 
-from tpworker.serving.batching import BatchPolicy
+from tpworker.serving.batching import chunks
 from tpworker.serving.engine import Engine
 from tpworker.serving.errors import JobError
 from tpworker.serving.jobs import NativeRequest
@@ -35,32 +35,20 @@ class ChatOptions:
 
 
 class StreamBatcher:
-    """Collects text pieces per choice and says when a chunk is full.
+    """Collects the text pieces (and logprobs) of each choice until the next chunk is taken."""
 
-    RunPod posts every yielded chunk over HTTP before the handler resumes, so small chunks cost
-    latency per token; chunks start at `min_size` tokens (fast first token) and grow by
-    `growth_factor` per chunk up to `max_size`."""
-
-    def __init__(self, n: int, policy: BatchPolicy, with_logprobs: bool = False):
-        self.sizes = policy.sizes()
-        self.size = next(self.sizes)
+    def __init__(self, n: int, with_logprobs: bool = False):
         self.tokens: list[list[str]] = [[] for _ in range(n)]
         self.logprobs: list[list[dict]] | None = [[] for _ in range(n)] if with_logprobs else None
         self.finish_reasons: list[str | None] = [None] * n
-        self.pending = 0  # tokens collected since the last chunk
 
-    def add(self, index: int, text: str, token_count: int, finish_reason: str | None, logprobs=()) -> None:
+    def add(self, index: int, text: str, finish_reason: str | None, logprobs=()) -> None:
         if text:  # an end-of-sequence token counts, but has no text to show
             self.tokens[index].append(text)
         if self.logprobs is not None:
             self.logprobs[index].extend(logprobs)
-        self.pending += token_count
         if finish_reason is not None:
             self.finish_reasons[index] = finish_reason
-
-    @property
-    def full(self) -> bool:
-        return self.pending >= self.size
 
     def take(self, usage: dict) -> dict:
         choices = [
@@ -73,9 +61,6 @@ class StreamBatcher:
             self.logprobs = [[] for _ in self.logprobs]
         chunk = {"choices": choices, "usage": usage}
         self.tokens = [[] for _ in self.tokens]
-        self.pending = 0
-        # Kept fractional (as worker-vllm does) so that factors like 1.5 still grow.
-        self.size = next(self.sizes)
         return chunk
 
 
@@ -131,6 +116,10 @@ def _fit_max_tokens(request: NativeRequest, prompt_tokens: int, context: int, de
         )
 
 
+def _tokens_in(output) -> int:
+    return sum(len(choice.token_ids) for choice in output.outputs)
+
+
 async def generate(
     engine: Engine,
     request: NativeRequest,
@@ -149,23 +138,25 @@ async def generate(
     _fit_max_tokens(request, prompt_tokens, engine.max_model_len, default_max_tokens)
     params = request.sampling_params
     params.output_kind = RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY
-    batcher = StreamBatcher(params.n, request.batching, with_logprobs=params.logprobs is not None)
+    batcher = StreamBatcher(params.n, with_logprobs=params.logprobs is not None)
     generated = 0
     request_id = f"{job_id}-{uuid.uuid4().hex[:8]}"
     try:
         # aclosing: when the job is cancelled or closed mid-stream, the engine request is aborted
         # right away, not when the generator happens to be garbage-collected.
-        async with aclosing(engine.generate(engine_input, params, request_id, lora)) as outputs:
-            async for output in outputs:
-                for choice in output.outputs:
-                    generated += len(choice.token_ids)
-                    logprobs = (
-                        token_logprobs(choice.token_ids, choice.logprobs, params.logprobs)
-                        if params.logprobs is not None
-                        else ()
-                    )
-                    batcher.add(choice.index, choice.text, len(choice.token_ids), choice.finish_reason, logprobs)
-                if request.stream and batcher.full and not output.finished:
+        outputs = engine.generate(engine_input, params, request_id, lora)
+        async with aclosing(chunks(outputs, request.batching, _tokens_in)) as groups:
+            async for group in groups:
+                for output in group:
+                    for choice in output.outputs:
+                        generated += len(choice.token_ids)
+                        logprobs = (
+                            token_logprobs(choice.token_ids, choice.logprobs, params.logprobs)
+                            if params.logprobs is not None
+                            else ()
+                        )
+                        batcher.add(choice.index, choice.text, choice.finish_reason, logprobs)
+                if request.stream and not group[-1].finished:
                     yield batcher.take({"input": prompt_tokens, "output": generated})
     except Exception as e:
         if invalid := sampling.as_invalid_parameter(e):  # e.g. logprobs above MAX_LOGPROBS

@@ -1,7 +1,7 @@
 """OpenAI-form jobs on the worker's engine, through vLLM's own OpenAI serving layer.
 
 Non-streaming: one yield, the response object. Streaming: yields of whole SSE events
-(`data: {...}\\n\\n`), batched like native streams (few events first, then more per yield),
+(`data: {...}\\n\\n`), grouped into chunks like native streams (serving/batching.py),
 the last one ending with `data: [DONE]\\n\\n` (chat and completions; the Responses API streams
 typed events without it, as vLLM's server does). Errors: OpenAI's error object, with its status
 in `code`, as the job's one output.
@@ -14,7 +14,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-from tpworker.serving.batching import BatchPolicy
+from tpworker.serving.batching import BatchPolicy, chunks
 from tpworker.serving.engine import Engine
 from tpworker.serving.errors import JobError
 from tpworker.serving.jobs import GENERATION_ROUTES, OpenAIRequest
@@ -139,19 +139,10 @@ class OpenAIRoutes:
         return JobError(message, param=param, type=error.get("type", "BadRequestError"), code=code)
 
     async def _batched(self, events: AsyncIterator[str]) -> AsyncIterator:
-        """Whole SSE events, grouped: `min_size` events in the first yield, growing by the
-        factor up to `max_size` (RunPod posts every yield before the worker goes on)."""
-        sizes = self.batching.sizes()
-        size, pending, count = next(sizes), [], 0
-        async for text in events:
-            pending.append(text)
-            count += text.count("\n\n")
-            if count >= size:
-                yield self._shape(pending)
-                pending, count = [], 0
-                size = next(sizes)
-        if pending:
-            yield self._shape(pending)
+        """Whole SSE events, grouped into chunks by the batching policy (paced by time, or counted in events)."""
+        async with aclosing(chunks(events, self.batching, lambda text: text.count("\n\n"))) as groups:
+            async for group in groups:
+                yield self._shape(group)
 
     def _shape(self, texts: list[str]):
         if self.raw_output:

@@ -14,8 +14,9 @@ from typing import Any
 
 from tpworker.config.settings import Settings
 from tpworker.models import adapters
-from tpworker.planning import hardware
+from tpworker.planning import hardware, start_time
 from tpworker.planning.parallel import ClusterShape, ParallelPlan
+from tpworker.planning.start_time import StartEstimate
 from tpworker.startup.engine_args import cpu_environment, engine_args
 from tpworker.startup.layout import Layout, StartError, plan_layout
 
@@ -30,6 +31,8 @@ class StartPlan:
     openai_options: dict[str, Any]
     # Variables vLLM's processes must see, set just before they spawn.
     environment: dict[str, str]
+    # The start's estimated duration (None: the weights are not on this machine yet, or unknown).
+    start_estimate: StartEstimate | None = None
 
     @property
     def parallel(self) -> ParallelPlan:
@@ -73,7 +76,29 @@ def plan_start(settings: Settings, layout: Layout | None = None, cluster: Cluste
         environment.update(cpu_environment(settings, layout.parallel))
     run_preflight(settings, layout, args)
     openai_options = {k: v for k, v in options.items() if not arguments.is_engine_arg(k)}
-    return StartPlan(layout, args, openai_options, environment)
+    estimate = estimate_start(settings, layout, compiles=bool(layout.gpus) and not args.get("enforce_eager"))
+    return StartPlan(layout, args, openai_options, environment, estimate)
+
+
+def estimate_start(settings: Settings, layout: Layout, compiles: bool) -> StartEstimate | None:
+    """The start's duration from the weights' size and the speed this machine reads them at (a sample
+    read now, which also leaves it in the page cache for the load), logged against RUNPOD_INIT_TIMEOUT:
+    a warning, naming the variable, when it comes close."""
+    from tpworker.planning.modelinfo import weights_size
+
+    folder = Path(layout.model.path_or_id)
+    size = weights_size(str(folder)) if folder.is_dir() else None
+    speed = start_time.measure_read_speed(folder) if size else None
+    if not size or not speed:
+        return None
+    estimate = start_time.StartEstimate(size, speed, f"measured reading {folder}", compiles)
+    worker = settings.worker
+    source = f"RUNPOD_INIT_TIMEOUT={worker.runpod_init_timeout}" + (
+        "" if "runpod_init_timeout" in worker.model_fields_set else ", RunPod's default"
+    )
+    sentence, warns = start_time.against_timeout(estimate, worker.runpod_init_timeout, source)
+    (log.warning if warns else log.info)(sentence)
+    return estimate
 
 
 def _enable_lora(settings: Settings, args: dict[str, Any], modules: list) -> None:

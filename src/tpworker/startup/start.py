@@ -5,6 +5,7 @@ tests all start it here."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,8 +43,21 @@ def start_worker(settings: Settings, plan: StartPlan, *, watched: bool = True) -
     log.info("Settings: %s", settings.shown())
     engine = Engine.start(plan.engine_args, plan.environment)
     worker = build_worker(engine, settings.worker, plan.model, plan.served_names, plan.openai_options)
+    _log_start_time(settings, plan)
     watchdog = None
     if watched:
         watchdog = Watchdog(engine, worker, settings.worker.engine_stall_timeout)
         watchdog.start()
     return StartedWorker(engine, worker, watchdog)
+
+
+def _log_start_time(settings: Settings, plan: StartPlan) -> None:
+    """How long the start took, from the process's own start, against RunPod's limit and the estimate."""
+    import psutil
+
+    took = time.time() - psutil.Process().create_time()
+    limit = settings.worker.runpod_init_timeout
+    estimated = f"; estimated {plan.start_estimate.seconds:.0f} s" if plan.start_estimate else ""
+    log.info(
+        "Started in %.1f s since the process began, of the %d s RUNPOD_INIT_TIMEOUT allows%s.", took, limit, estimated
+    )
