@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from test_pooling_routes import assert_same_answer
+from test_pooling_routes import assert_answers_as_vllm
 
 from conftest import DevEndpoint, VllmServer
 
@@ -77,16 +77,8 @@ REQUESTS = [
 
 @pytest.mark.parametrize("name,route,body", REQUESTS, ids=[r[0] for r in REQUESTS])
 def test_a_classifier_route_answers_as_vllms_server(dev, reference, name, route, body):
-    theirs = httpx.post(reference.url + route, json=body, timeout=120)
-    ours = httpx.post(f"{dev.url}/openai{route}", json=body, timeout=120)
-    assert ours.status_code == theirs.status_code, (ours.text, theirs.text)
-    if theirs.status_code == 200:
-        assert_same_answer(ours.json(), theirs.json())
-    elif theirs.json() == {"detail": "Not Found"}:  # vLLM registers no such route for this model
-        needed = "an embedding model" if route == "/v1/embeddings" else "a generative model"
-        assert "not served for this model" in ours.text and needed in ours.text and "classify" in ours.text
-    else:
-        assert ours.json()["error"]["message"] == theirs.json()["error"]["message"]
+    needed = "an embedding model" if route == "/v1/embeddings" else "a generative model"
+    assert_answers_as_vllm(dev, reference, route, body, served_by=needed)
 
 
 def test_rerank_orders_the_documents_by_their_scores(dev):
