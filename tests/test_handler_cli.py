@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -48,6 +49,44 @@ def test_streamed_chat_at_tp2_prints_chunks_and_paris_and_exits_0(models):
     assert "Start estimate: about" in output and "GB/s (measured reading " in output
     assert "within RunPod's init timeout of 7.0 min (RUNPOD_INIT_TIMEOUT=420, RunPod's default)" in output
     assert "since the process began, of the 420 s RUNPOD_INIT_TIMEOUT allows; estimated" in output
+    assert_start_timeline(output)
+
+
+# The phases of a start in the order they end: the worker's own marks and vLLM's start records.
+START_PHASES = [
+    "settings read",
+    "parallel plan checked",
+    "model resolved",
+    "vLLM imported",
+    "engine arguments checked",
+    "engine configured",
+    "engine core up",
+    "ranks up",
+    "weights loaded",
+    "KV cache sized",
+    "engine core ready (profiled, warmed up)",
+    "engine ready",
+    "worker built",
+    "first job taken",
+    "first output sent",
+]
+
+
+def assert_start_timeline(output: str) -> None:
+    """The summary line after a local job's first output (no job loop there, so no warm-up): every phase in
+    order, durations that add up to the end, and vLLM's figures as vLLM itself logged them."""
+    line = next(x for x in output.splitlines() if "Start-up timeline to the first job's first output: " in x)
+    text, _, last = line.split("Start-up timeline to the first job's first output: ")[1].rpartition("; ")
+    parts = [re.fullmatch(r"(.*?) (\d+\.\d+) s(?: \((.*)\))?", part) for part in text.split("; ")]
+    assert all(parts), line
+    assert [p[1] for p in parts] == START_PHASES, line
+    ended = float(re.fullmatch(r"first output sent at (\d+\.\d+) s since the process began\.", last)[1])
+    assert abs(sum(float(p[2]) for p in parts) - ended) < 0.1, line
+    details = {p[1]: p[3] for p in parts}
+    assert details["ranks up"] == "2 rank(s) loading"
+    checkpoint = float(re.search(r"Checkpoint size: ([\d.]+) GiB", output)[1])  # vLLM's own line
+    assert details["weights loaded"].startswith(f"{checkpoint / 2:.2f} GiB per rank in "), line
+    assert details["KV cache sized"] == re.search(r"KV cache size: ([\d,]+) tokens", output)[1] + " tokens"
 
 
 @pytest.mark.slow

@@ -32,18 +32,19 @@ VLLM_PUBLIC = {
 }
 RUNPOD_INTERNALS_USER = PACKAGE / "serving" / "jobloop.py"
 # Imported by the start-up path before the plan is checked: none may import vLLM when imported.
-BEFORE_THE_PLAN = ["config", "planning", "models", "startup.layout", "errors"]
+BEFORE_THE_PLAN = ["config", "planning", "models", "startup.layout", "errors", "timeline"]
 
 # What each part of the package may import from the others: the ones below it. Entry points (the
 # commands and handler.py's app) sit on top and may use anything.
 LAYERS = {
     "errors": set(),
+    "timeline": set(),
     "vllm_bridge": set(),
     "config": {"errors", "vllm_bridge"},
     "planning": {"errors", "config"},
     "models": {"errors", "config", "planning"},
-    "serving": {"errors", "config", "vllm_bridge"},
-    "startup": {"errors", "config", "planning", "models", "serving", "vllm_bridge"},
+    "serving": {"errors", "timeline", "config", "vllm_bridge"},
+    "startup": {"errors", "timeline", "config", "planning", "models", "serving", "vllm_bridge"},
 }
 ENTRY_POINTS = {"app", "local_run", "cli", "__main__", "dev", "cluster", "bench", "logs"}
 

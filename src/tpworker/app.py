@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tpworker import timeline
 from tpworker.config.logs import configure_logging
 from tpworker.config.settings import SettingsError, load_settings
 from tpworker.errors import StartRefused
@@ -121,6 +122,7 @@ def main(handler: Callable, handler_file: str) -> int:
     configure_logging()  # before anything logs: secrets redacted from the first line
     try:
         settings = load_settings()
+        timeline.mark("settings read")
         local_job = _local_job(sys.argv[1:], Path(handler_file).resolve().parent, settings.on_runpod)
         from tpworker.startup.layout import plan_layout
         from tpworker.startup.plan import plan_start

@@ -13,8 +13,9 @@ from typing import Any
 import psutil
 from vllm import AsyncEngineArgs, SamplingParams
 
+from tpworker import timeline
 from tpworker.errors import StartRefused
-from tpworker.vllm_bridge import async_engine, prompts
+from tpworker.vllm_bridge import async_engine, prompts, start_records
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +91,26 @@ class Engine:
         Call from the main process, behind an `if __name__ == "__main__"` guard."""
         args = AsyncEngineArgs(**engine_args)
         began = time.perf_counter()
-        try:
-            config = async_engine.create_engine_config(args)
-        except Exception as e:  # vLLM raises ValueError, pydantic errors, OSError, ...
-            raise EngineStartError(f"vLLM refused the engine configuration: {' '.join(str(e).split())}") from e
-        steps = _Steps()
-        try:
-            with _environment(environment or {}):
-                llm = async_engine.start_async_llm(config, args, on_engine_step=steps.report)
-        except Exception as e:
-            raise EngineStartError(
-                f"vLLM could not start the engine ({' '.join(str(e).split())}); the cause is in vLLM's log lines above."
-            ) from e
+        with start_records.kept(args) as records:
+            try:
+                config = async_engine.create_engine_config(args)
+            except Exception as e:  # vLLM raises ValueError, pydantic errors, OSError, ...
+                raise EngineStartError(f"vLLM refused the engine configuration: {' '.join(str(e).split())}") from e
+            timeline.mark("engine configured")
+            steps = _Steps()
+            try:
+                with _environment(environment or {}):
+                    llm = async_engine.start_async_llm(config, args, on_engine_step=steps.report)
+            except Exception as e:
+                raise EngineStartError(
+                    f"vLLM could not start the engine ({' '.join(str(e).split())}); "
+                    "the cause is in vLLM's log lines above."
+                ) from e
+            timeline.mark("engine ready")
+            parallel = config.parallel_config
+            for phase, at, detail in records.marks(parallel.tensor_parallel_size * parallel.pipeline_parallel_size):
+                timeline.mark(phase, detail, at)
         log.info("vLLM engine ready in %.1f s", time.perf_counter() - began)
-        parallel = config.parallel_config
         return cls(
             llm,
             config.model_config.max_model_len,

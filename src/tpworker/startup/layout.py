@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from tpworker import timeline
 from tpworker.config.settings import Settings
 from tpworker.errors import StartRefused
 from tpworker.models import default_model, resolve
@@ -97,11 +98,13 @@ def plan_layout(settings: Settings, cluster: ClusterShape | None = None) -> Layo
         log.info("Layers per pipeline stage: %s.", ", ".join(map(str, parallel.layers_per_stage)))
     if parallel.warning:
         log.warning(parallel.warning)
+    timeline.mark("parallel plan checked")
     if model.download:  # only now: a plan that cannot work is refused before a long download
         model = resolve.download(settings, model)
         log.info("Model: %s", model.why)
     if model.offline:
         log.info("Everything the model needs is local: vLLM runs with HF_HUB_OFFLINE=1.")
+    timeline.mark("model resolved", model.why if model.download else "")
     return Layout(model, facts, parallel, tuple(gpus))
 
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tpworker import timeline
 from tpworker.config.settings import Settings
 from tpworker.startup.plan import StartPlan
 
@@ -43,6 +44,7 @@ def start_worker(settings: Settings, plan: StartPlan, *, watched: bool = True) -
     log.info("Settings: %s", settings.shown())
     engine = Engine.start(plan.engine_args, plan.environment)
     worker = build_worker(engine, settings.worker, plan.model, plan.served_names, plan.openai_options)
+    timeline.mark("worker built")
     _log_start_time(settings, plan)
     watchdog = None
     if watched:
