@@ -203,3 +203,24 @@ def test_install_makes_the_sdk_build_this_loop(monkeypatch):
     monkeypatch.setattr(rp_scale, "JobScaler", rp_scale.JobScaler)  # undone after the test
     jobloop.install()
     assert rp_scale.JobScaler is jobloop.EventDrivenJobScaler
+
+
+def test_no_job_is_taken_before_the_workers_warm_up_ends(monkeypatch):
+    """install(on_loop_start=worker.loop_started): what it returns (the warm-up) is awaited before
+    the first take, so a job waiting at RunPod is taken by a warm worker."""
+
+    async def scenario():
+        warmed = asyncio.get_running_loop().create_future()
+        monkeypatch.setattr(jobloop, "_on_loop_start", lambda: warmed)
+        fake, scaler, loop_task = _start(concurrency=2)
+        fake.submit("waiting-at-start")
+        await asyncio.sleep(0.3)
+        assert fake.takes == [] and not fake.finished
+        warmed.set_result(None)
+        await _until(lambda: "waiting-at-start" in fake.finished)
+        await _until(lambda: fake.in_take)
+        scaler.kill_worker()
+        fake.submit("last")
+        await asyncio.wait_for(loop_task, 10)
+
+    asyncio.run(scenario())

@@ -206,10 +206,11 @@ def test_a_cancelled_job_aborts_its_engine_request(worker):
     assert worker.run(cancel_mid_stream())
 
 
-def test_the_openai_routes_are_built_once_the_worker_is_idle_after_the_job_loop_starts(worker):
-    """RunPod's job loop calls loop_started when it starts (jobloop.install); the worker then builds vLLM's
-    OpenAI serving layer (about a second, mostly holding the event loop) as soon as no job is in
-    flight, so that neither a job waiting at start nor the first OpenAI job waits for it."""
+def test_without_warm_up_the_openai_routes_are_built_once_the_worker_is_idle_after_the_job_loop_starts(worker):
+    """RunPod's job loop calls loop_started when it starts (jobloop.install); with ENGINE_WARMUP=false the
+    worker then builds vLLM's OpenAI serving layer (about a second, mostly holding the event loop) as soon
+    as no job is in flight, so that neither a job waiting at start nor the first OpenAI job waits for it.
+    (With the warm-up, the default, the layer is built during it, before the first job is taken.)"""
     import asyncio
 
     from tpworker import app
@@ -219,6 +220,8 @@ def test_the_openai_routes_are_built_once_the_worker_is_idle_after_the_job_loop_
 
     running = worker.worker
     assert running.openai._server is None, "no OpenAI job ran in this module before"
+    default_settings = running.settings
+    running.settings = default_settings.model_copy(update={"engine_warmup": False})
     job = {
         "id": "in-flight",
         "input": {
@@ -240,9 +243,25 @@ def test_the_openai_routes_are_built_once_the_worker_is_idle_after_the_job_loop_
         await asyncio.wait_for(running._openai_warmup, 60)
         return first, concurrency, built_while_busy
 
-    first, concurrency, built_while_busy = worker.run(start_of_job_loop())
+    try:
+        first, concurrency, built_while_busy = worker.run(start_of_job_loop())
+    finally:
+        running.settings = default_settings
     assert first["choices"][0]["tokens"] and concurrency == running.settings.max_concurrency
     assert not built_while_busy
     assert running.openai._server is not None
     models = worker.job({"openai_route": "/v1/models", "openai_input": {}})
     assert [m["id"] for m in models[0]["data"]] == list(worker.plan.engine_args["served_model_name"])
+
+
+def test_the_warm_up_runs_a_chat_job_through_the_engine_and_leaves_nothing_behind(worker):
+    """ENGINE_WARMUP (the default): before the job loop takes a job, one short chat job goes through the
+    job path and the engine. It leaves no request in the engine and changes no later answer."""
+    from tpworker import timeline
+
+    before = worker.job({"messages": CHAT, "sampling_params": GREEDY})
+    worker.run(worker.worker.warm_up())
+    marks = [p for p in timeline.TIMELINE.phases() if p.phase == "warm-up request done"]
+    assert marks and marks[-1].detail == "a chat job"  # the model has a chat template: the chat form ran
+    assert worker.engine.unfinished_requests() == 0
+    assert text_of(worker.job({"messages": CHAT, "sampling_params": GREEDY})) == text_of(before)

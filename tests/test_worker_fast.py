@@ -220,3 +220,60 @@ def test_the_watchdog_ends_the_jobs_kills_the_engine_and_exits_when_a_rank_is_lo
     assert chunks[-1]["error"]["code"] == 503
     assert "VLLM::Worker_TP1 (pid 42) exited" in chunks[-1]["error"]["message"]
     assert engine.killed and exits == [EXIT_ENGINE_FAILED]
+
+
+def test_the_warm_up_sends_one_chat_job_and_builds_the_openai_layer_before_the_first_job():
+    from tpworker import timeline
+
+    engine = FakeEngine()
+    worker = make_worker(engine)
+    built = []
+
+    async def server():  # the fake engine has no OpenAI layer; record that the warm-up builds it
+        built.append(True)
+
+    worker.openai.server = server
+
+    async def scenario():
+        ready = worker.loop_started()
+        assert worker.loop_started() is None  # the job loop starts once
+        await ready
+        return await collect(worker, {"prompt": "hi", "sampling_params": {"max_tokens": 2}})
+
+    chunks = run(scenario())
+    warmups = [rid for rid in engine.requests if rid.startswith("warm-up-")]
+    assert len(warmups) == 1 and engine.requests[warmups[0]] == "finished"
+    assert built == [True] and timeline.TIMELINE.has("warm-up request done")
+    assert "".join(tokens_of(chunks[0])) == token_text(0, 0) + token_text(0, 1)  # the job after it is unaffected
+
+
+def test_without_warm_up_no_request_is_sent_and_the_openai_layer_waits_for_idle():
+    engine = FakeEngine()
+    worker = make_worker(engine, engine_warmup=False)
+
+    async def scenario():
+        await worker.loop_started()
+        return worker._openai_warmup
+
+    build = run(scenario())
+    assert engine.requests == {} and build is not None  # scheduled for after the first idle moment
+
+
+def test_a_failing_warm_up_is_logged_and_the_worker_serves(caplog):
+    engine = FakeEngine()
+    engine.fail_after = 0
+    worker = make_worker(engine)
+
+    async def nothing():
+        pass
+
+    worker.openai.server = nothing
+
+    async def scenario():
+        await worker.loop_started()
+        engine.fail_after = None
+        return await collect(worker, {"prompt": "hi", "sampling_params": {"max_tokens": 1}})
+
+    chunks = run(scenario())
+    assert "The warm-up request failed" in caplog.text
+    assert tokens_of(chunks[0]) == [token_text(0, 0)]

@@ -131,6 +131,11 @@ class WorkerSettings(BaseModel):
         ge=0,
         description="On SIGTERM, seconds in-flight jobs get to finish before they end with an error.",
     )
+    engine_warmup: bool = Field(
+        True,
+        description="Before the first job, send one short request through the engine (prompt, prefill and a "
+        "decode step), so that the first job's first token comes as soon as a warm worker's.",
+    )
     runpod_init_timeout: int = Field(
         420,
         ge=1,

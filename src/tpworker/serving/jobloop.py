@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from runpod.http_client import TooManyRequests
 from runpod.serverless.modules import rp_scale
@@ -33,7 +33,7 @@ FAILED_TAKE_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # after 1, 2, ... failed
 TOO_MANY_REQUESTS_BACKOFF_S = 5.0  # the SDK's own debounce
 BACKSTOP_S = 1.0  # the loops re-check this often even when no event came (they never rely on it)
 
-_on_loop_start: Callable[[], None] | None = None  # set by install()
+_on_loop_start: Callable[[], Awaitable | None] | None = None  # set by install()
 
 
 class EventDrivenJobScaler(rp_scale.JobScaler):
@@ -46,8 +46,8 @@ class EventDrivenJobScaler(rp_scale.JobScaler):
 
     async def run(self):
         self._loop = asyncio.get_running_loop()
-        if _on_loop_start is not None:
-            _on_loop_start()
+        if _on_loop_start is not None and (ready := _on_loop_start()) is not None:
+            await ready  # the worker's warm-up: no job is taken before it ends
         await super().run()
 
     def kill_worker(self):
@@ -145,10 +145,11 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
         pass
 
 
-def install(on_loop_start: Callable[[], None] | None = None) -> None:
+def install(on_loop_start: Callable[[], Awaitable | None] | None = None) -> None:
     """Make runpod.serverless.start run EventDrivenJobScaler (its worker module builds
     rp_scale.JobScaler by name when the loop starts). `on_loop_start()` is called inside the job
-    loop's event loop as it starts, after the SDK has installed its signal handlers."""
+    loop's event loop as it starts, after the SDK has installed its signal handlers; what it
+    returns, if not None, is awaited before the first job is taken."""
     global _on_loop_start
     _on_loop_start = on_loop_start
     rp_scale.JobScaler = EventDrivenJobScaler

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from tpworker import timeline
 from tpworker.config.variables import WorkerSettings
 from tpworker.serving import native
 from tpworker.serving.batching import BatchPolicy
@@ -30,6 +31,12 @@ log = logging.getLogger(__name__)
 
 
 OPENAI_WARMUP_DELAY_S = 1.0
+# The warm-up request: a chat job as users send it, streamed, with a prefill and a decode step.
+WARMUP_INPUT = {
+    "messages": [{"role": "user", "content": "Say hello."}],
+    "sampling_params": {"max_tokens": 2, "temperature": 0},
+    "stream": True,
+}
 ENGINE_STOPPED = "The engine has stopped; this worker is restarting. Retry the request."
 
 
@@ -82,30 +89,61 @@ class Worker:
         """RunPod's concurrency_modifier: how many jobs this worker takes at once."""
         return self.settings.max_concurrency
 
-    def loop_started(self) -> None:
+    def loop_started(self) -> asyncio.Task | None:
         """Called by the job loop once it runs (jobloop.install), inside the event loop that will
         serve the jobs and after RunPod's SDK has installed its SIGTERM handler: chain ours onto
-        it, and schedule the OpenAI serving layer's build in that loop."""
+        it, and start the warm-up request and the OpenAI serving layer's build in that loop (vLLM's
+        AsyncLLM serves the event loop of its first request only, so neither can run before it).
+        Returns the warm-up, which the job loop awaits before it takes a job (None: already started)."""
         if self._loop_started:
-            return
+            return None
         self._loop_started = True
         self._loop = asyncio.get_running_loop()
         self._hook_sigterm()
-        self._openai_warmup = self._loop.create_task(self._prepare_openai())
+        return self._loop.create_task(self.warm_up())
 
-    async def _prepare_openai(self) -> None:
-        """vLLM's OpenAI serving objects take about a second to build (on CPU here), most of it
-        holding the event loop: built once the worker is idle, so that neither the job that is
-        usually waiting when a worker starts nor a running stream waits for it, and the first
-        OpenAI job after that does not either. (An OpenAI job that comes first builds them itself.)"""
-        await asyncio.sleep(OPENAI_WARMUP_DELAY_S)  # lets the job loop take a job waiting at start
-        await self._idle.wait()
+    async def warm_up(self) -> None:
+        """Before the first job (the job loop awaits this). With ENGINE_WARMUP: one short chat job through
+        the job path and the engine, while vLLM's OpenAI serving layer is built (that holds the event loop
+        for about a second while the engine computes in its own processes, so the two overlap): the first
+        user's job pays for neither. Without it, the OpenAI layer is built once the worker is first idle
+        (an OpenAI job that comes first builds it itself)."""
+        if self.settings.engine_warmup:
+            await asyncio.gather(self._warm_request(), self._prepare_openai())
+        else:
+            self._openai_warmup = asyncio.create_task(self._prepare_openai(OPENAI_WARMUP_DELAY_S))
+        log.info("Start-up timeline: %s.", timeline.TIMELINE.summary())
+
+    async def _warm_request(self) -> None:
+        """A model without a chat template is warmed up with a prompt; a failing warm-up is logged and
+        the worker serves anyway. Pooling models are not sent one (their routes' first request is fast)."""
+        if not self.engine.generates:
+            return
+        began = time.monotonic()
+        for form in (WARMUP_INPUT, {**WARMUP_INPUT, "messages": None, "prompt": "Hello"}):
+            job = {"id": "warm-up", "input": {k: v for k, v in form.items() if v is not None}}
+            outputs = [chunk async for chunk in self._run(job)]
+            error = next((o["error"] for o in outputs if isinstance(o, dict) and "error" in o), None)
+            if error is None:
+                timeline.mark("warm-up request done", "a chat job" if "messages" in job["input"] else "a prompt job")
+                log.info("Warm-up request done in %.2f s.", time.monotonic() - began)
+                return
+        log.warning("The warm-up request failed (%s); serving without it.", error)
+
+    async def _prepare_openai(self, after_idle_s: float = 0.0) -> None:
+        """vLLM's OpenAI serving objects take about a second to build (on CPU here), most of it holding
+        the event loop. `after_idle_s`: built that long after the loop starts and once no job is in
+        flight, so that neither the job usually waiting when a worker starts nor a running stream waits."""
+        if after_idle_s:
+            await asyncio.sleep(after_idle_s)  # lets the job loop take a job waiting at start
+            await self._idle.wait()
         started = time.monotonic()
         try:
             await self.openai.server()
         except Exception:
             log.exception("Building vLLM's OpenAI serving layer failed; the first OpenAI job will try again.")
             return
+        timeline.mark("OpenAI layer built")
         log.info("OpenAI routes ready (vLLM's serving layer built in %.2f s).", time.monotonic() - started)
 
     # ---------------------------------------------------------------- failure and shutdown
@@ -154,6 +192,13 @@ class Worker:
     # ---------------------------------------------------------------- jobs
 
     async def handle(self, job: Any) -> AsyncIterator:
+        first_job = timeline.TIMELINE.mark_once("first job taken")
+        async for chunk in self._run(job):
+            if first_job and timeline.TIMELINE.mark_once("first output sent"):
+                log.info("Start-up timeline to the first job's first output: %s.", timeline.TIMELINE.summary())
+            yield chunk
+
+    async def _run(self, job: Any) -> AsyncIterator:
         job_id = str(job.get("id", "job")) if isinstance(job, dict) else "job"
         self._loop = self._loop or asyncio.get_running_loop()
         key, stop = next(self._ids), self._loop.create_future()
