@@ -124,6 +124,11 @@ def cuda_visible_devices(environ: Mapping[str, str] | None = None) -> str | None
     return environ.get("CUDA_VISIBLE_DEVICES")
 
 
+# Where vLLM, torch's inductor and Triton keep what they compile, and which of vLLM's caches it uses
+# (startup/compile_cache.py).
+COMPILE_CACHE_VARIABLES = ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "VLLM_USE_AOT_COMPILE")
+
+
 def models_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     return cache_dir(environ) / "models"
 
@@ -153,6 +158,8 @@ class Settings:
     # VLLM_EXTRA_ARGS (`vllm serve` flags: the last word, over the variables).
     vllm_config_file: str | None = None
     vllm_extra_args: str | None = None
+    # The compile caches' variables the user set (COMPILE_CACHE_VARIABLES).
+    compile_cache_environ: dict[str, str] = field(default_factory=dict)
 
     def source_of(self, field_name: str) -> str:
         return self.sources.get(field_name, variable_name(field_name))
@@ -256,6 +263,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         pp_layer_partition=environ.get("VLLM_PP_LAYER_PARTITION") or None,
         vllm_config_file=environ.get("VLLM_CONFIG_FILE") or None,
         vllm_extra_args=environ.get("VLLM_EXTRA_ARGS") or None,
+        compile_cache_environ={name: environ[name] for name in COMPILE_CACHE_VARIABLES if environ.get(name)},
     )
 
 

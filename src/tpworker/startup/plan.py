@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tpworker import timeline
 from tpworker.config.settings import Settings
 from tpworker.models import adapters
 from tpworker.planning import hardware, start_time
 from tpworker.planning.parallel import ClusterShape, ParallelPlan
 from tpworker.planning.start_time import StartEstimate
+from tpworker.startup.compile_cache import compile_cache_environment
 from tpworker.startup.engine_args import cpu_environment, engine_args
 from tpworker.startup.layout import Layout, StartError, plan_layout
+from tpworker.startup.load_format import check_load_format
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ def plan_start(settings: Settings, layout: Layout | None = None, cluster: Cluste
     against the GPUs (raises PreflightError when the plan cannot fit)."""
     from tpworker.vllm_bridge import arguments, async_engine
 
+    timeline.mark("vLLM imported")
     layout = layout or plan_layout(settings, cluster)
     options = settings.vllm_args()
     if options.get("lora_modules"):  # each adapter a local folder before anything loads
@@ -64,6 +68,7 @@ def plan_start(settings: Settings, layout: Layout | None = None, cluster: Cluste
     args = engine_args(settings, layout, {k: v for k, v in options.items() if arguments.is_engine_arg(k)})
     if options.get("lora_modules"):
         _enable_lora(settings, args, options["lora_modules"])
+    check_load_format(args, layout)
     if args.get("model_impl") == "transformers":
         from tpworker.planning.planner import transformers_tp_plan
         from tpworker.planning.preflight import transformers_backend_problem
@@ -74,9 +79,12 @@ def plan_start(settings: Settings, layout: Layout | None = None, cluster: Cluste
     environment = {"HF_HUB_OFFLINE": "1"} if layout.model.offline else {}
     if not layout.gpus:
         environment.update(cpu_environment(settings, layout.parallel))
+    if not args.get("enforce_eager"):  # something to compile: keep it on the volume for the next worker
+        environment.update(compile_cache_environment(settings, layout, async_engine.vllm_version()))
     run_preflight(settings, layout, args)
     openai_options = {k: v for k, v in options.items() if not arguments.is_engine_arg(k)}
     estimate = estimate_start(settings, layout, compiles=bool(layout.gpus) and not args.get("enforce_eager"))
+    timeline.mark("engine arguments checked")
     return StartPlan(layout, args, openai_options, environment, estimate)
 
 

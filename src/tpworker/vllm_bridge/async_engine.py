@@ -7,6 +7,12 @@ from typing import Any
 from vllm import AsyncEngineArgs
 
 
+def vllm_version() -> str:
+    from vllm import __version__
+
+    return __version__
+
+
 def create_engine_config(engine_args: AsyncEngineArgs):
     """vLLM's full configuration from the engine arguments (validates them; loads config.json)."""
     return engine_args.create_engine_config()
