@@ -105,6 +105,14 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
         metavar="N",
         help="the worker's MAX_CONCURRENCY (default: the highest level)",
     )
+    bench.add_argument(
+        "--cold-start",
+        type=positive,
+        metavar="N",
+        help="instead of rounds: N cold starts each of the raw engine, the worker and the worker without its "
+        "warm-up per TP size, interleaved, each followed by 10 requests one after another; prints each start "
+        "phase's time (median), the first job's time to first token against jobs 2-10, and what the worker adds",
+    )
     bench.add_argument("--name", help="results folder name (default: model, TP sizes and time)")
     bench.add_argument("--out", default="results/bench", help="where result folders go (default results/bench)")
     bench.add_argument("--handler", help="the worker's handler.py (default: ./handler.py, else the repository's)")

@@ -41,6 +41,8 @@ def bench_environment(options: argparse.Namespace, tp: int) -> dict[str, str]:
         env["MODEL_NAME"] = options.model
     env["TENSOR_PARALLEL_SIZE"] = str(tp)
     env["MAX_CONCURRENCY"] = str(max_concurrency(options))
+    if options.cold_start:
+        return env  # starts as users' are, without the weight probe below
     # Lets the phases read each rank's weight memory (on CPU also measure it: vLLM's GPU workers do).
     env["WORKER_EXTENSION_CLS"] = weights_probe.WEIGHTS_PROBE
     if not hardware.visible_gpus(env.get("CUDA_VISIBLE_DEVICES")):
@@ -229,6 +231,33 @@ def run_phases(options, workload, routes, plans, body, folder, progress, load) -
     return runs
 
 
+def cold_starts(options, plans, body, folder, console, served, started, load) -> int:
+    """`--cold-start N`: the starts, then their phase table and chart."""
+    from tpworker.bench import coldstart, coldstart_report
+
+    runs = coldstart.run_starts(options, plans, body, folder, console, load)
+    command = f"tpworker bench --tp {','.join(map(str, options.tp))} --cold-start {options.cold_start}"
+    command += f" --prompt-tokens {options.prompt_tokens} --output-tokens {options.output_tokens}"
+    result = {
+        "name": folder.name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command + (f" --model {options.model}" if options.model else ""),
+        "wall_s": round(time.time() - started, 1),
+        "model": served,
+        "machine": machine.describe(ROOT),
+        "runs": runs,
+    }
+    result["load"] = load.summary()
+    result["machine_line"] = f"Machine: {report.describe_machine(result)}"
+    result["summary"] = coldstart_report.summaries(runs)
+    result["added_by_worker"] = {tp: coldstart_report.added_by_worker(s) for tp, s in result["summary"].items()}
+    coldstart_report.write(result, folder)
+    console.print(coldstart_report.markdown(result))
+    console.print(f"Results: {folder}/result.json, result.md, cold_start.png")
+    failed = [e for kinds in result["summary"].values() for s in kinds.values() for e in s["failed"]]
+    return 1 if failed else 0
+
+
 def main(options: argparse.Namespace) -> int:
     try:
         import matplotlib  # noqa: F401  (the chart, at the end: fail now, not after the run)
@@ -277,6 +306,8 @@ def main(options: argparse.Namespace) -> int:
     body = make_body(first.engine_args, workload.prompt_tokens)
     warm_page_cache(first.engine_args["model"])
     started = time.time()
+    if options.cold_start:
+        return cold_starts(options, plans, body, folder, console, served, started, load)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
