@@ -8,6 +8,7 @@ the tensor-parallel plan: layout.py) runs before vLLM is imported; then the engi
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,11 @@ def plan_start(settings: Settings, layout: Layout | None = None, cluster: Cluste
     """The whole plan: the layout (plan_layout, unless already made), the engine's arguments from the
     environment (imports vLLM; raises SettingsError for bad values), then the preflight checks
     against the GPUs (raises PreflightError when the plan cannot fit)."""
+    layout = layout or plan_layout(settings, cluster)
+    read_speed = _read_speed_beside_the_import(layout)
     from tpworker.vllm_bridge import arguments, async_engine
 
     timeline.mark("vLLM imported")
-    layout = layout or plan_layout(settings, cluster)
     options = settings.vllm_args()
     if options.get("lora_modules"):  # each adapter a local folder before anything loads
         options["lora_modules"] = adapters.resolve_modules(settings, options["lora_modules"])
@@ -83,20 +85,33 @@ def plan_start(settings: Settings, layout: Layout | None = None, cluster: Cluste
         environment.update(compile_cache_environment(settings, layout, async_engine.vllm_version()))
     run_preflight(settings, layout, args)
     openai_options = {k: v for k, v in options.items() if not arguments.is_engine_arg(k)}
-    estimate = estimate_start(settings, layout, compiles=bool(layout.gpus) and not args.get("enforce_eager"))
+    compiles = bool(layout.gpus) and not args.get("enforce_eager")
+    estimate = estimate_start(settings, layout, compiles, read_speed.result() if read_speed else None)
     timeline.mark("engine arguments checked")
     return StartPlan(layout, args, openai_options, environment, estimate)
 
 
-def estimate_start(settings: Settings, layout: Layout, compiles: bool) -> StartEstimate | None:
-    """The start's duration from the weights' size and the speed this machine reads them at (a sample
-    read now, which also leaves it in the page cache for the load), logged against RUNPOD_INIT_TIMEOUT:
-    a warning, naming the variable, when it comes close."""
+def _read_speed_beside_the_import(layout: Layout) -> Future | None:
+    """The sample read of the start estimate, in a thread: reading a file releases the GIL, so it runs
+    beside vLLM's import (seconds of Python) instead of after it, and leaves the weights' start in the
+    page cache for the load all the same. None when the weights are not in a local folder."""
+    folder = Path(layout.model.path_or_id)
+    if not folder.is_dir():
+        return None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-speed")
+    speed = pool.submit(start_time.measure_read_speed, folder)
+    pool.shutdown(wait=False)  # the read goes on; plan_start waits for its result after the import
+    return speed
+
+
+def estimate_start(settings: Settings, layout: Layout, compiles: bool, speed: float | None) -> StartEstimate | None:
+    """The start's duration from the weights' size and the speed this machine reads them at (measured by
+    _read_speed_beside_the_import), logged against RUNPOD_INIT_TIMEOUT: a warning, naming the variable,
+    when it comes close."""
     from tpworker.planning.modelinfo import weights_size
 
     folder = Path(layout.model.path_or_id)
     size = weights_size(str(folder)) if folder.is_dir() else None
-    speed = start_time.measure_read_speed(folder) if size else None
     if not size or not speed:
         return None
     estimate = start_time.StartEstimate(size, speed, f"measured reading {folder}", compiles)
