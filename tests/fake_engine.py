@@ -34,6 +34,7 @@ def token_text(choice: int, k: int) -> str:
 class FakeEngine:
     max_model_len = 2048
     llm = None  # no OpenAI serving layer: OpenAI jobs need the real engine
+    prepared = None  # nothing prepared beside a start (serving/engine.py)
     generates = True
 
     def __init__(self, token_delay: float = 0.0):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
@@ -68,6 +70,27 @@ def _engine_processes() -> dict[psutil.Process, str]:
     return found
 
 
+def _beside_the_start(work: Callable[[Any], None], model_config, started: threading.Event) -> Future:
+    """Run `work(model_config)` in a thread once vLLM's engine processes are up (the main process
+    then only waits for them; before that it builds vLLM's tokenizer and processors itself) or the
+    start has ended. Its result: None, also when it failed (it only saves time later)."""
+    done: Future = Future()
+
+    def run():
+        while not started.wait(0.05) and not _engine_processes():
+            pass
+        began = time.monotonic()
+        try:
+            work(model_config)
+            log.info("%s beside the engine's start: %.2f s.", work.__name__, time.monotonic() - began)
+        except Exception as e:
+            log.info("%s beside the engine's start failed (done later instead): %s", work.__name__, e)
+        done.set_result(None)
+
+    threading.Thread(target=run, name="beside-engine-start", daemon=True).start()
+    return done
+
+
 class Engine:
     def __init__(
         self,
@@ -76,6 +99,7 @@ class Engine:
         tensor_parallel_size: int,
         pipeline_parallel_size: int,
         steps: _Steps | None = None,
+        prepared: Future | None = None,
     ):
         self._llm = llm
         self.max_model_len = max_model_len
@@ -83,11 +107,20 @@ class Engine:
         self.pipeline_parallel_size = pipeline_parallel_size
         self._steps = steps or _Steps()
         self.processes = _engine_processes()
+        # the work start() ran beside the engine's start: wait for it before relying on what it did
+        self.prepared = prepared
 
     @classmethod
-    def start(cls, engine_args: Mapping[str, Any], environment: Mapping[str, str] | None = None) -> Engine:
+    def start(
+        cls,
+        engine_args: Mapping[str, Any],
+        environment: Mapping[str, str] | None = None,
+        beside_start: Callable[[Any], None] | None = None,
+    ) -> Engine:
         """Start vLLM: validate the configuration, spawn the engine core and its ranks, load the
         weights. `environment` holds variables vLLM's processes must see (set before they spawn).
+        `beside_start(model_config)` runs in a thread while the engine's processes start (the
+        log names it by its __name__); the engine's `prepared` says when it is done.
         Call from the main process, behind an `if __name__ == "__main__"` guard."""
         args = AsyncEngineArgs(**engine_args)
         began = time.perf_counter()
@@ -97,7 +130,8 @@ class Engine:
             except Exception as e:  # vLLM raises ValueError, pydantic errors, OSError, ...
                 raise EngineStartError(f"vLLM refused the engine configuration: {' '.join(str(e).split())}") from e
             timeline.mark("engine configured")
-            steps = _Steps()
+            steps, started = _Steps(), threading.Event()
+            prepared = _beside_the_start(beside_start, config.model_config, started) if beside_start else None
             try:
                 with _environment(environment or {}):
                     llm = async_engine.start_async_llm(config, args, on_engine_step=steps.report)
@@ -106,6 +140,8 @@ class Engine:
                     f"vLLM could not start the engine ({' '.join(str(e).split())}); "
                     "the cause is in vLLM's log lines above."
                 ) from e
+            finally:
+                started.set()
             timeline.mark("engine ready")
             parallel = config.parallel_config
             for phase, at, detail in records.marks(parallel.tensor_parallel_size * parallel.pipeline_parallel_size):
@@ -117,6 +153,7 @@ class Engine:
             parallel.tensor_parallel_size,
             parallel.pipeline_parallel_size,
             steps,
+            prepared,
         )
 
     @property

@@ -79,6 +79,8 @@ class OpenAIRoutes:
         """Built on first use, inside the event loop that serves jobs (vLLM binds to it)."""
         async with self._creating:
             if self._server is None:
+                if self.engine.prepared is not None:  # what the build needs, prepared beside the engine's start
+                    await asyncio.wrap_future(self.engine.prepared)
                 self._server = await OpenAIServer.create(
                     self.engine.llm,
                     self.model,

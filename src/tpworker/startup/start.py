@@ -40,9 +40,15 @@ def start_worker(settings: Settings, plan: StartPlan, *, watched: bool = True) -
     from tpworker.serving.engine import Engine
     from tpworker.serving.watchdog import Watchdog
     from tpworker.serving.worker import build_worker
+    from tpworker.vllm_bridge import openai_server
 
     log.info("Settings: %s", settings.shown())
-    engine = Engine.start(plan.engine_args, plan.environment)
+    chat_template = plan.openai_options.get("chat_template")
+
+    def prepare_openai_layer(model_config) -> None:
+        openai_server.prepare(model_config, chat_template)
+
+    engine = Engine.start(plan.engine_args, plan.environment, beside_start=prepare_openai_layer)
     worker = build_worker(engine, settings.worker, plan.model, plan.served_names, plan.openai_options)
     timeline.mark("worker built")
     _log_start_time(settings, plan)
