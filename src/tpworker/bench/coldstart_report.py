@@ -24,6 +24,10 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _ends(start: dict) -> dict[str, float]:
+    return {phase["phase"]: phase["ends_at"] for phase in start["phases"]}
+
+
 def summarize(starts: list[dict]) -> dict:
     """One kind's starts at one TP size: each phase's median end, the cold start and the first tokens."""
     good = [s for s in starts if "error" not in s]
@@ -32,6 +36,10 @@ def summarize(starts: list[dict]) -> dict:
         for phase in start["phases"]:
             ends.setdefault(phase["phase"], []).append(phase["ends_at"])
     first = [s["ttft_ms"][0] for s in good]
+    # within one start: far less noisy than the starts' ends, which move by seconds from start to start here
+    after_ready = [
+        e["first token"] - e["engine ready"] for e in map(_ends, good) if {"engine ready", "first token"} <= e.keys()
+    ]
     later = [statistics.median(s["ttft_ms"][1:]) for s in good if len(s["ttft_ms"]) > 1]
     return {
         "starts": len(starts),
@@ -40,6 +48,7 @@ def summarize(starts: list[dict]) -> dict:
         "first_token_s": _median(ends.get("first token", [])),
         "first_token_range_s": [min(ends["first token"]), max(ends["first token"])] if "first token" in ends else None,
         "engine_ready_s": _median(ends.get("engine ready", [])),
+        "ready_to_first_token_s": _median(after_ready),
         "first_job_ttft_ms": _median(first),
         "later_jobs_ttft_ms": _median(later),
     }
@@ -50,11 +59,11 @@ def summaries(runs: dict) -> dict:
 
 
 def added_by_worker(summary: dict) -> dict:
-    """The worker's start against the raw engine's, in seconds (medians): to the engine's being ready and
-    to the first job's first token."""
+    """The worker's start against the raw engine's, in seconds (medians): to the engine's being ready, to
+    the first job's first token, and from the one to the other within a start."""
     raw, worker = summary["raw"], summary["worker"]
     out = {}
-    for key in ("engine_ready_s", "first_token_s"):
+    for key in ("engine_ready_s", "first_token_s", "ready_to_first_token_s"):
         if raw[key] is not None and worker[key] is not None:
             out[key] = worker[key] - raw[key]
     return out
@@ -88,7 +97,7 @@ def first_job_rows(all_summaries: dict) -> list[list[str]]:
         for kind in KINDS:
             s = summary[kind]
             if s["first_token_s"] is None:
-                rows.append([tp, kind, "failed", "", "", "", ""])
+                rows.append([tp, kind, "failed", "", "", "", "", ""])
                 continue
             low, high = s["first_token_range_s"]
             ratio = s["first_job_ttft_ms"] / s["later_jobs_ttft_ms"] if s["later_jobs_ttft_ms"] else None
@@ -98,6 +107,7 @@ def first_job_rows(all_summaries: dict) -> list[list[str]]:
                     kind,
                     f"{s['first_token_s']:.1f} ({low:.1f}-{high:.1f})",
                     f"{s['engine_ready_s']:.1f}" if s["engine_ready_s"] is not None else "",
+                    f"{s['ready_to_first_token_s']:.2f}" if s["ready_to_first_token_s"] is not None else "",
                     f"{s['first_job_ttft_ms']:.0f}",
                     f"{s['later_jobs_ttft_ms']:.0f}",
                     f"{ratio:.2f}" if ratio else "",
@@ -111,6 +121,7 @@ FIRST_JOB_HEADER = [
     "process",
     "first token s (min-max)",
     "engine ready s",
+    "engine ready to first token s",
     "job 1 TTFT ms",
     "jobs 2-10 TTFT ms",
     "job 1 / jobs 2-10",
