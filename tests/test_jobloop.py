@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import pickle
 
 import pytest
 import runpod.serverless.worker
 from runpod.serverless.modules import rp_scale
-from runpod.serverless.modules.worker_state import JobsProgress
+from runpod.serverless.modules.worker_state import Job, JobsProgress
 
 from tpworker.serving import jobloop
 
@@ -65,10 +66,16 @@ async def _no_stop_signals(session):
     return []
 
 
-def _start(concurrency: int, take=None) -> tuple[FakeRunPod, jobloop.EventDrivenJobScaler, asyncio.Task]:
-    """The job loop running on a FakeRunPod (its job take, or `take`). Call inside an event loop."""
+def _start(
+    concurrency: int, take=None, load_state: bool = False
+) -> tuple[FakeRunPod, jobloop.EventDrivenJobScaler, asyncio.Task]:
+    """The job loop running on a FakeRunPod (its job take, or `take`). Call inside an event loop.
+    `load_state`: the SDK's job set is loaded from its file first, as when a process imports the SDK."""
     fake = FakeRunPod()
-    JobsProgress().clear()  # the SDK's job set is a process-wide singleton kept in a file
+    progress = JobsProgress()  # the SDK's job set: a process-wide singleton
+    set.clear(progress)
+    if load_state:
+        JobsProgress._load_state(progress)  # the SDK's own load (this process's instance no longer has it)
     scaler = jobloop.EventDrivenJobScaler(
         {
             "concurrency_modifier": lambda current: concurrency,
@@ -195,6 +202,9 @@ def test_the_sdk_still_has_the_shape_this_replaces():
         "config",
     ):
         assert hasattr(scaler, attribute), attribute
+    # The job set's file, which the loop stops it from loading and saving.
+    for name in ("_load_state", "_save_state", "_STATE_FILE"):
+        assert hasattr(JobsProgress, name), name
     # run_worker looks JobScaler up on the module when it starts, which is what install() relies on.
     assert "rp_scale.JobScaler(" in inspect.getsource(runpod.serverless.worker.run_worker)
 
@@ -224,3 +234,30 @@ def test_no_job_is_taken_before_the_workers_warm_up_ends(monkeypatch):
         await asyncio.wait_for(loop_task, 10)
 
     asyncio.run(scenario())
+
+
+def test_jobs_left_by_an_earlier_process_do_not_hold_the_loop(monkeypatch, tmp_path, caplog):
+    """The SDK loads its set of jobs in progress from a file in the working directory when a process
+    starts. A worker killed in a job leaves that job there; the SDK's set_scale then waits for it
+    forever before the first take, and the next worker started in that folder never takes a job
+    (tpworker dev and a restarted container both start in the same folder). This loop drops them,
+    says so, and keeps its own set in memory only."""
+    state_file = tmp_path / ".runpod_jobs.pkl"
+    state_file.write_bytes(pickle.dumps({Job(id="killed-in-a-job")}))  # what the SDK saves
+    monkeypatch.setattr(JobsProgress, "_STATE_FILE", str(state_file))
+    monkeypatch.setattr(JobsProgress, "_STATE_DIR", str(tmp_path))
+
+    async def scenario():
+        fake, scaler, loop_task = _start(concurrency=2, load_state=True)
+        assert not state_file.exists(), "the earlier process's job set was left for the next start"
+        fake.submit("first")
+        await _until(lambda: "first" in fake.finished)
+        await _until(lambda: fake.in_take)
+        assert not state_file.exists(), "the job set was written to the working directory"
+        scaler.kill_worker()
+        fake.submit("last")
+        await asyncio.wait_for(loop_task, 10)
+
+    with caplog.at_level("WARNING", logger=jobloop.__name__):
+        asyncio.run(scenario())
+    assert "killed-in-a-job" in caplog.text and "not running in this one" in caplog.text

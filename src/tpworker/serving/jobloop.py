@@ -9,23 +9,30 @@ runpod 1.10's JobScaler (runpod/serverless/modules/rp_scale.py) has four habits 
 - on a stop it ends its run loop as soon as its queue is empty, while a job take may still be open:
   a job that take returns was taken from RunPod and is never run;
 - when a take fails (the API unreachable) it retries at once, logging an error each time, thousands
-  of times a second.
+  of times a second;
+- it keeps its set of jobs in progress in a file in the working directory (.runpod_jobs.pkl), loaded
+  when a process starts and read back at every take: a worker killed in a job leaves that job there,
+  and the next process started in that folder (a restarted container, `tpworker dev` again) waits in
+  set_scale for it to end, forever, before it takes a job.
 
 `EventDrivenJobScaler` keeps the rest of the SDK's loop (its job take, stream and result posts, stop
 signals, heartbeat, SIGTERM drain) and replaces its two loops: a job starts as soon as it is queued, a
 slot is refilled as soon as a job ends, the run loop lasts until the last take has ended, and failed
-takes back off. runpod is pinned (pyproject), and tests/test_jobloop.py fails if the SDK's methods
-this replaces change shape.
+takes back off. Its job set lives in memory only: a worker's jobs end with its process. runpod is
+pinned (pyproject), and tests/test_jobloop.py fails if the SDK's methods this replaces change shape.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 from runpod.http_client import TooManyRequests
 from runpod.serverless.modules import rp_scale
+from runpod.serverless.modules.worker_state import JobsProgress
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,7 @@ class EventDrivenJobScaler(rp_scale.JobScaler):
         self._slot_freed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._taking = True  # get_jobs may still return jobs (a take can end after the stop)
+        _keep_in_memory(self.job_progress)
 
     async def run(self):
         self._loop = asyncio.get_running_loop()
@@ -136,6 +144,23 @@ class EventDrivenJobScaler(rp_scale.JobScaler):
             await super().handle_job(session, job)
         finally:
             self._slot_freed.set()
+
+
+def _keep_in_memory(progress: JobsProgress) -> None:
+    """Stop the SDK's job set from loading or saving its file, and drop the jobs it loaded from an
+    earlier process when this one imported the SDK: none of them runs here."""
+    progress._load_state = progress._save_state = lambda: None
+    if left_over := sorted(job.id for job in progress):
+        log.warning(
+            "RunPod's SDK recorded job(s) %s as in progress in %s, left by an earlier worker process "
+            "(it stopped during them). They are not running in this one, so they are dropped from its "
+            "count of jobs in progress.",
+            ", ".join(left_over),
+            JobsProgress._STATE_FILE,
+        )
+        set.clear(progress)
+    with contextlib.suppress(OSError):
+        os.remove(JobsProgress._STATE_FILE)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
