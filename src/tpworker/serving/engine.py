@@ -70,22 +70,22 @@ def _engine_processes() -> dict[psutil.Process, str]:
     return found
 
 
-def _beside_the_start(work: Callable[[Any], None], model_config, started: threading.Event) -> Future:
+def _beside_the_start(work: Callable[[Any], Any], model_config, started: threading.Event) -> Future:
     """Run `work(model_config)` in a thread once vLLM's engine processes are up (the main process
     then only waits for them; before that it builds vLLM's tokenizer and processors itself) or the
-    start has ended. Its result: None, also when it failed (it only saves time later)."""
+    start has ended. Its result: what work returned; None when it failed (it only saves time later)."""
     done: Future = Future()
 
     def run():
         while not started.wait(0.05) and not _engine_processes():
             pass
-        began = time.monotonic()
+        began, result = time.monotonic(), None
         try:
-            work(model_config)
+            result = work(model_config)
             log.info("%s beside the engine's start: %.2f s.", work.__name__, time.monotonic() - began)
         except Exception as e:
             log.info("%s beside the engine's start failed (done later instead): %s", work.__name__, e)
-        done.set_result(None)
+        done.set_result(result)
 
     threading.Thread(target=run, name="beside-engine-start", daemon=True).start()
     return done
@@ -115,12 +115,12 @@ class Engine:
         cls,
         engine_args: Mapping[str, Any],
         environment: Mapping[str, str] | None = None,
-        beside_start: Callable[[Any], None] | None = None,
+        beside_start: Callable[[Any], Any] | None = None,
     ) -> Engine:
         """Start vLLM: validate the configuration, spawn the engine core and its ranks, load the
         weights. `environment` holds variables vLLM's processes must see (set before they spawn).
         `beside_start(model_config)` runs in a thread while the engine's processes start (the
-        log names it by its __name__); the engine's `prepared` says when it is done.
+        log names it by its __name__); the engine's `prepared` says when it is done, with its result.
         Call from the main process, behind an `if __name__ == "__main__"` guard."""
         args = AsyncEngineArgs(**engine_args)
         began = time.perf_counter()

@@ -79,8 +79,9 @@ class OpenAIRoutes:
         """Built on first use, inside the event loop that serves jobs (vLLM binds to it)."""
         async with self._creating:
             if self._server is None:
-                if self.engine.prepared is not None:  # what the build needs, prepared beside the engine's start
-                    await asyncio.wrap_future(self.engine.prepared)
+                prepared = None  # what the build needs, prepared beside the engine's start
+                if self.engine.prepared is not None:
+                    prepared = await asyncio.wrap_future(self.engine.prepared)
                 self._server = await OpenAIServer.create(
                     self.engine.llm,
                     self.model,
@@ -88,6 +89,7 @@ class OpenAIRoutes:
                     self.options,
                     self.limits.prompt_problem,
                     self.limits.max_output_tokens,
+                    prepared,
                 )
         return self._server
 

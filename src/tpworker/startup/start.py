@@ -44,9 +44,10 @@ def start_worker(settings: Settings, plan: StartPlan, *, watched: bool = True) -
 
     log.info("Settings: %s", settings.shown())
     chat_template = plan.openai_options.get("chat_template")
+    openai_server.keep_logging_through_the_server_import()
 
-    def prepare_openai_layer(model_config) -> None:
-        openai_server.prepare(model_config, chat_template)
+    def prepare_openai_layer(model_config) -> openai_server.PreparedApp | None:
+        return openai_server.prepare(model_config, chat_template, plan.model, plan.served_names, plan.openai_options)
 
     engine = Engine.start(plan.engine_args, plan.environment, beside_start=prepare_openai_layer)
     worker = build_worker(engine, settings.worker, plan.model, plan.served_names, plan.openai_options)

@@ -22,24 +22,86 @@ def load_chat_template(template: str | None) -> str | None:
     return load(template)
 
 
-def prepare(model_config, chat_template: str | None) -> None:
+def keep_logging_through_the_server_import() -> None:
+    """vLLM's server imports model_hosting_container_standards, which sets the root logger and its
+    handlers to ERROR when it is first imported (SAGEMAKER_CONTAINER_LOG_LEVEL's default), which would
+    silence every line this worker logs. Call once, on the thread that configured logging, before the
+    build: the module is imported here with the levels put back, and the build (in another thread,
+    while other threads log) changes nothing."""
+    root = logging.getLogger()
+    levels = [(root, root.level)] + [(handler, handler.level) for handler in root.handlers]
+    import model_hosting_container_standards.logging_config  # noqa: F401
+
+    for logger_or_handler, level in levels:
+        logger_or_handler.setLevel(level)
+
+
+@dataclass(frozen=True)
+class PreparedApp:
+    """vLLM's HTTP application built beside the engine's start, for the tasks a model of its runner
+    serves; OpenAIServer.create uses it when the engine reports those tasks."""
+
+    app: Any
+    args: Any
+    tasks: tuple[str, ...]
+
+
+def prepare(
+    model_config, chat_template: str | None, model: str, served_names: list[str], options: dict[str, Any]
+) -> PreparedApp | None:
     """What building the OpenAI layer does that needs no engine, done beforehand (beside the engine's
-    start, in a thread): import its modules and, with no CHAT_TEMPLATE given, look for a chat template
-    in the model's processor config. vLLM's renderer warm-up, part of the build, loads the model's
-    processor for that (a second tokenizer: 1.1 s of the build's 1.75 s for the default model on this
-    machine's CPU, all of it holding the event loop); vLLM keeps what it found in a cache keyed by the
-    tokenizer's path, which this fills."""
+    start, in a thread; on this machine's CPU the build took 1.75 s, all of it holding the event loop):
+    - with no CHAT_TEMPLATE given, look for a chat template in the model's processor config. vLLM's
+      renderer warm-up, part of the build, loads the model's processor for that (a second tokenizer:
+      1.1 s); vLLM keeps what it found in a cache keyed by the tokenizer's path, which this fills;
+    - build vLLM's application (its route modules' imports and FastAPI routes: 0.35 s) for the tasks
+      a generating model serves, ("generate",). None for other runners: theirs depend on the model;
+    - import the rest of what the build imports (the serving objects' modules; vLLM's kernel registry,
+      which their config fingerprint imports: 0.1 s)."""
     import vllm.entrypoints.launchers.api_server.app_state  # noqa: F401
-    import vllm.entrypoints.launchers.app  # noqa: F401
+    from vllm.platforms import current_platform
 
-    if chat_template is not None or model_config.skip_tokenizer_init:
-        return  # a given template is used as it is: no processor is looked at
-    from vllm.renderers.hf import resolve_chat_template
-    from vllm.tokenizers.registry import cached_tokenizer_from_config
+    current_platform.import_ir_kernels()
+    if chat_template is None and not model_config.skip_tokenizer_init:
+        from vllm.renderers.hf import resolve_chat_template
+        from vllm.tokenizers.registry import cached_tokenizer_from_config
 
-    tokenizer = cached_tokenizer_from_config(model_config)  # the renderer's own (cached) tokenizer
-    if hasattr(tokenizer, "name_or_path"):  # Hugging Face tokenizers; others have no processor template
-        resolve_chat_template(tokenizer, None, None, model_config=model_config)
+        tokenizer = cached_tokenizer_from_config(model_config)  # the renderer's own (cached) tokenizer
+        if hasattr(tokenizer, "name_or_path"):  # Hugging Face tokenizers; others have no processor template
+            resolve_chat_template(tokenizer, None, None, model_config=model_config)
+    if model_config.runner_type != "generate":
+        return None
+    args = _server_args(options, model, served_names)
+    tasks = ("generate",)
+    return PreparedApp(_build_app(args, tasks, model_config), args, tasks)
+
+
+def application(
+    prepared: PreparedApp | None, tasks: tuple[str, ...], model_config, model: str, served_names, options
+) -> tuple[Any, Any]:
+    """vLLM's application and its arguments for the tasks the engine serves: the prepared one when it
+    was built for them, else one built now."""
+    if prepared is not None and prepared.tasks == tasks:
+        return prepared.app, prepared.args
+    args = _server_args(options, model, served_names)
+    return _build_app(args, tasks, model_config), args
+
+
+def _server_args(options: dict[str, Any], model: str, served_names: list[str]):
+    args = server_namespace(options)
+    args.model, args.served_model_name = model, served_names
+    return args
+
+
+def _build_app(args, tasks: tuple[str, ...], model_config):
+    from vllm.entrypoints.launchers.app import build_app
+
+    root, level = logging.getLogger(), logging.getLogger().level
+    app = build_app(args, tasks, model_config)
+    # build_app's SageMaker bootstrap sets the root logger to ERROR when keep_logging_through_the_server_import
+    # was not called first, which would silence every log line of this worker from here on
+    root.setLevel(level)
+    return app
 
 
 @dataclass(frozen=True)
@@ -100,28 +162,22 @@ class OpenAIServer:
         options: dict[str, Any],
         prompt_problem: Callable[[int], str | None] = lambda prompt_tokens: None,
         max_output_tokens: int | None = None,
+        prepared: PreparedApp | None = None,
     ) -> OpenAIServer:
         """Call inside the event loop that serves jobs (the engine binds to it). The worker's limits:
         `prompt_problem(prompt tokens)` says why a rendered prompt is refused (None: it is not), and
-        a max_tokens vLLM defaults is capped at `max_output_tokens`."""
+        a max_tokens vLLM defaults is capped at `max_output_tokens`. `prepared`: the application
+        prepare() built, used when the engine serves the tasks it was built for."""
         from types import SimpleNamespace
 
         from vllm import envs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-        from vllm.entrypoints.launchers.app import build_app
 
         llm = LimitedEngineClient(llm, prompt_problem, max_output_tokens)
-
-        args = server_namespace(options)
-        args.model, args.served_model_name = model, served_names
+        tasks = tuple(await llm.get_supported_tasks())
+        app, args = application(prepared, tasks, llm.model_config, model, served_names, options)
         # the engine's final structured-output settings (REASONING_PARSER ends up there)
         args.structured_outputs_config = llm.vllm_config.structured_outputs_config
-        tasks = tuple(await llm.get_supported_tasks())
-        root, level = logging.getLogger(), logging.getLogger().level
-        app = build_app(args, tasks, llm.model_config)
-        # build_app's SageMaker bootstrap sets the root logger to ERROR (SAGEMAKER_CONTAINER_LOG_LEVEL's
-        # default), which would silence every log line of this worker from here on
-        root.setLevel(level)
         await init_app_state(llm, app.state, args, supported_tasks=tasks)
         # vLLM's engine-error handler asks the HTTP server to exit; here the worker decides that
         app.state.server = SimpleNamespace(should_exit=False)
