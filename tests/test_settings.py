@@ -198,3 +198,66 @@ def test_bad_vllm_config_file_or_extra_args_stop_the_start_naming_the_flag(tmp_p
 def test_a_missing_config_file_is_named():
     with pytest.raises(SettingsError, match=r"VLLM_CONFIG_FILE='/no/such/serve.yaml'.*No such file"):
         load_settings({"VLLM_CONFIG_FILE": "/no/such/serve.yaml"}).vllm_args()
+
+
+def test_the_frontend_options_listed_are_vllms_own():
+    """FRONTEND_FIELDS stands for vLLM's BaseFrontendArgs (not imported when no frontend option is
+    set): a vLLM upgrade that adds or drops one fails here, naming it."""
+    from vllm.entrypoints.launchers.cli_args import BaseFrontendArgs
+
+    frontend = {f.name for f in dataclasses.fields(BaseFrontendArgs)} - arguments.engine_fields()
+    assert arguments.FRONTEND_FIELDS == frontend, (
+        f"missing {sorted(frontend - arguments.FRONTEND_FIELDS)}, gone {sorted(arguments.FRONTEND_FIELDS - frontend)}"
+    )
+
+
+def test_the_engines_half_of_the_parser_reads_each_engine_argument_as_vllm_serve_does():
+    """Engine arguments are read by the parser AsyncEngineArgs registers alone; `vllm serve`'s whole
+    parser must hold the same action for each (same kind, type, choices, default, arity)."""
+    whole = arguments.serve_actions()
+    engine_names = [n for n in arguments.engine_arg_names() if arguments.is_engine_arg(n)]
+    assert len(engine_names) > 200
+    for name in engine_names:
+        ours, theirs = arguments.option_action(name), whole[name]
+        assert type(ours) is type(theirs), name
+        for attribute in ("choices", "default", "nargs", "const", "option_strings"):
+            assert getattr(ours, attribute) == getattr(theirs, attribute), (name, attribute)
+        # a converter vLLM makes per parser (a lambda) is the same code over the same values, not the same object
+        assert _converter(ours.type) == _converter(theirs.type), name
+    assert set(arguments.engine_arg_names()) == set(whole)
+
+
+def _converter(function):
+    if not hasattr(function, "__code__"):
+        return function
+    cells = [_converter(c.cell_contents) for c in function.__closure__ or ()]
+    return function.__code__, cells
+
+
+FRONTEND_IMPORTED = """
+import sys
+from tpworker.config.settings import load_settings
+
+values = load_settings(dict(ENVIRON)).vllm_args()
+print("RESULT", sorted(values), "vllm.entrypoints.launchers.cli_args" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    "environ, expected",
+    [
+        ({"MAX_MODEL_LEN": "4k", "DTYPE": "float32", "REASONING_PARSER": "deepseek_r1"}, False),
+        ({"MAX_MODEL_LEN": "4k", "TOOL_CALL_PARSER": "hermes"}, True),
+    ],
+)
+def test_vllms_frontend_modules_are_imported_at_start_only_for_a_frontend_option(environ, expected):
+    """Reading engine arguments alone leaves vLLM's server modules (0.4-0.9 s) to the OpenAI layer's build
+    beside the engine's start; a frontend option is read, and checked, by `vllm serve`'s whole parser."""
+    import subprocess
+    import sys
+
+    code = FRONTEND_IMPORTED.replace("ENVIRON", repr(environ))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    line = next((x for x in run.stdout.splitlines() if x.startswith("RESULT")), run.stdout + run.stderr[-2000:])
+    names = sorted(n.lower() for n in environ)
+    assert line == f"RESULT {names} {expected}", line

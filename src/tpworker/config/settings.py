@@ -166,7 +166,7 @@ class Settings:
 
     @functools.cached_property
     def _engine(self) -> tuple[dict[str, Any], dict[str, str]]:
-        from tpworker.vllm_bridge import arguments
+        from tpworker.vllm_bridge import arguments, serve_flags
 
         problems: list[str] = []
         values: dict[str, Any] = {}
@@ -191,7 +191,7 @@ class Settings:
         values = {**below[0], **values, **above[0]}
         sources = {**below[1], **sources, **above[1]}
         if not problems:  # checks across options, as `vllm serve` makes them before loading
-            problems += arguments.check_server_args(values)
+            problems += serve_flags.check_server_args(values)
         if problems:
             raise SettingsError(problems)
         return values, sources
@@ -200,7 +200,7 @@ class Settings:
         """(values, sources) from VLLM_CONFIG_FILE (below the variables) and VLLM_EXTRA_ARGS (above them)."""
         import shlex
 
-        from tpworker.vllm_bridge import arguments
+        from tpworker.vllm_bridge import arguments, serve_flags
 
         layers = []
         for variable, text, words in (
@@ -210,7 +210,7 @@ class Settings:
             values: dict[str, Any] = {}
             try:
                 if text:
-                    values, ignored = arguments.parse_flags(words(text))
+                    values, ignored = serve_flags.parse_flags(words(text))
                     if ignored:
                         log.warning(
                             "%s sets options with no use inside a worker (%s): left out.", variable, ", ".join(ignored)

@@ -20,8 +20,8 @@ from tpworker.serving.errors import JobError
 from tpworker.serving.jobs import GENERATION_ROUTES, OpenAIRequest
 from tpworker.serving.limits import Limits
 from tpworker.vllm_bridge import sampling
-from tpworker.vllm_bridge.arguments import flags_to_variables
 from tpworker.vllm_bridge.openai_server import OpenAIServer
+from tpworker.vllm_bridge.serve_flags import flags_to_variables
 
 # The models vLLM registers each route for (its build_app), in words, for the 404 of a route a model lacks.
 _GENERATIVE = "a generative model (RUNNER=generate, the default for a *ForCausalLM checkpoint)"

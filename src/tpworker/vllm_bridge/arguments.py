@@ -35,6 +35,46 @@ NOT_FROM_ENVIRONMENT = frozenset(
     }
 )
 
+# vLLM's OpenAI-frontend options that are not engine arguments (BaseFrontendArgs' own fields, vLLM 0.32).
+# Listed, not read, so that a start whose variables set none of them needs only the engine's half of
+# `vllm serve`'s parser: the frontend half imports vLLM's server modules (OpenAI and Anthropic protocols,
+# FastAPI, tool parsers: 0.4-0.9 s before the engine could spawn), which the OpenAI layer imports beside the
+# engine's start anyway. tests/test_vllm_arguments.py checks the list against vLLM's own.
+FRONTEND_FIELDS = frozenset(
+    {
+        "anthropic_disabled_thinking_effort",
+        "chat_template",
+        "chat_template_content_format",
+        "cohere_format",
+        "cohere_is_reasoning_model",
+        "default_chat_template_kwargs",
+        "enable_auto_tool_choice",
+        "enable_force_include_usage",
+        "enable_log_deltas",
+        "enable_log_outputs",
+        "enable_per_request_metrics",
+        "enable_prompt_tokens_details",
+        "enable_scale_out",
+        "enable_server_load_tracking",
+        "enable_tokenizer_info_endpoint",
+        "exclude_tools_when_tool_choice_none",
+        "fingerprint_mode",
+        "fingerprint_value",
+        "log_error_stack",
+        "lora_modules",
+        "max_log_len",
+        "response_role",
+        "return_tokens_as_token_ids",
+        "sse_keep_alive_interval",
+        "tool_call_parser",
+        "tool_parser_plugin",
+        "tool_server",
+        "tool_strict_level",
+        "trust_request_chat_template",
+        "trust_request_mm_kwargs",
+    }
+)
+
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
@@ -48,14 +88,7 @@ class EngineArgValueError(ValueError):
         self.accepted = accepted
 
 
-@functools.cache
-def _parser() -> argparse.ArgumentParser:
-    """`vllm serve`'s own parser: every engine argument and every OpenAI-frontend option."""
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    parser = make_arg_parser(FlexibleArgumentParser(exit_on_error=False))
-
+def _refusing(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     def refuse(message: str):  # some actions call parser.error(), which would print usage and exit
         raise ValueError(message)
 
@@ -64,31 +97,61 @@ def _parser() -> argparse.ArgumentParser:
 
 
 @functools.cache
-def _engine_fields() -> frozenset[str]:
+def serve_parser() -> argparse.ArgumentParser:
+    """`vllm serve`'s own parser: every engine argument and every OpenAI-frontend option."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    return _refusing(make_arg_parser(FlexibleArgumentParser(exit_on_error=False)))
+
+
+@functools.cache
+def _engine_parser() -> argparse.ArgumentParser:
+    """The engine arguments' half of `vllm serve`'s parser (the same actions, which vLLM registers from
+    AsyncEngineArgs alone): enough for every engine argument, without the frontend's modules."""
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    return _refusing(AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(exit_on_error=False)))
+
+
+@functools.cache
+def engine_fields() -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(AsyncEngineArgs))
 
 
-@functools.cache
-def _frontend_fields() -> frozenset[str]:
-    from vllm.entrypoints.launchers.cli_args import BaseFrontendArgs
-
-    return frozenset(f.name for f in dataclasses.fields(BaseFrontendArgs)) - _engine_fields()
+def frontend_fields() -> frozenset[str]:
+    return FRONTEND_FIELDS - engine_fields()
 
 
-@functools.cache
-def _actions() -> dict[str, argparse.Action]:
-    """Option name (engine or frontend field) -> the CLI action `vllm serve` registers for it."""
-    fields = _engine_fields() | _frontend_fields()
+def _settable(parser: argparse.ArgumentParser, fields: frozenset[str]) -> dict[str, argparse.Action]:
     return {
         a.dest: a
-        for a in _parser()._actions
+        for a in parser._actions
         if a.dest in fields and not a.dest.startswith("_") and a.dest not in NOT_FROM_ENVIRONMENT
     }
 
 
+@functools.cache
+def _engine_actions() -> dict[str, argparse.Action]:
+    """Engine argument -> the CLI action `vllm serve` registers for it."""
+    return _settable(_engine_parser(), engine_fields())
+
+
+@functools.cache
+def serve_actions() -> dict[str, argparse.Action]:
+    """Option name (engine or frontend field) -> the CLI action `vllm serve` registers for it."""
+    return _settable(serve_parser(), engine_fields() | frontend_fields())
+
+
+def option_action(name: str) -> argparse.Action:
+    """The option's CLI action, from the engine's half of the parser when it is an engine argument (so
+    that reading engine arguments never builds the frontend's half)."""
+    return _engine_actions()[name] if is_engine_arg(name) else serve_actions()[name]
+
+
 def is_engine_arg(name: str) -> bool:
     """An AsyncEngineArgs field (else an option of vLLM's OpenAI frontend)."""
-    return name in _engine_fields()
+    return name in engine_fields()
 
 
 @functools.cache
@@ -97,7 +160,7 @@ def _config_class_of() -> dict[str, type]:
     import vllm.config
 
     owners = {}
-    for group in _parser()._action_groups:
+    for group in _engine_parser()._action_groups:
         cls = getattr(vllm.config, group.title or "", None)
         if cls is None:
             continue
@@ -108,16 +171,17 @@ def _config_class_of() -> dict[str, type]:
 
 def engine_arg_names() -> list[str]:
     """Every vLLM option a user may set: AsyncEngineArgs fields and OpenAI-frontend options."""
-    return sorted(_actions())
+    frontend = {name for name in frontend_fields() if name not in NOT_FROM_ENVIRONMENT}
+    return sorted(_engine_actions().keys() | frontend)
 
 
 def engine_arg_default(name: str) -> Any:
-    return _actions()[name].default
+    return option_action(name).default
 
 
 def choices_of(name: str) -> list:
     """The values vLLM accepts for an option with a fixed set (e.g. MAX_LORA_RANK), else []."""
-    return [c for c in (_actions()[name].choices or []) if c is not None]
+    return [c for c in (option_action(name).choices or []) if c is not None]
 
 
 def engine_arg_help(name: str) -> str:
@@ -125,7 +189,7 @@ def engine_arg_help(name: str) -> str:
     from vllm.config.utils import get_attr_docs
 
     cls = _config_class_of().get(name)
-    if cls is None and name in _frontend_fields():
+    if cls is None and name in frontend_fields():
         from vllm.entrypoints.launchers.cli_args import BaseFrontendArgs
 
         cls = BaseFrontendArgs
@@ -173,7 +237,7 @@ def _accepted(action: argparse.Action) -> str:
     return words
 
 
-def _one_line(reason: str) -> str:
+def one_line(reason: str) -> str:
     """vLLM reports nested-config errors as multi-line pydantic text; a start error is one line."""
     reason = re.sub(r"For further information visit \S+", "", reason)
     reason = re.sub(r"\[type=.*?\]", "", reason)
@@ -200,7 +264,7 @@ def _split_list(text: str) -> list[str]:
     return [part for part in text.replace(",", " ").split() if part]
 
 
-def _check_constraints(name: str, value: Any) -> None:
+def check_constraints(name: str, value: Any) -> None:
     """Apply the bounds vLLM's config class declares for the field (e.g. 0 < x <= 1)."""
     from pydantic import TypeAdapter, ValidationError
 
@@ -210,13 +274,14 @@ def _check_constraints(name: str, value: Any) -> None:
     try:
         TypeAdapter(Annotated[type(value), *constraints]).validate_python(value)
     except ValidationError as e:
-        raise EngineArgValueError(e.errors()[0]["msg"], _accepted(_actions()[name])) from None
+        raise EngineArgValueError(e.errors()[0]["msg"], _accepted(option_action(name))) from None
 
 
 def parse_engine_arg(name: str, text: str) -> Any:
     """Convert one environment string to the engine argument's value, exactly as `vllm serve`
     would convert the same text given on its command line, then check the field's bounds."""
-    action = _actions()[name]
+    action = option_action(name)
+    parser = _engine_parser() if is_engine_arg(name) else serve_parser()
     accepted = _accepted(action)
     try:
         if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction)):
@@ -227,98 +292,10 @@ def parse_engine_arg(name: str, text: str) -> Any:
             strings = _split_list(text) if action.nargs in ("+", "*") else [text]
             # Run the action itself: some (LoRA modules) turn the converted text into objects.
             namespace = argparse.Namespace()
-            action(_parser(), namespace, _parser()._get_values(action, strings), action.option_strings[0])
+            action(parser, namespace, parser._get_values(action, strings), action.option_strings[0])
             value = getattr(namespace, action.dest)
     except (argparse.ArgumentError, argparse.ArgumentTypeError, ValueError, TypeError) as e:
         reason = e.message if isinstance(e, argparse.ArgumentError) else str(e)
-        raise EngineArgValueError(_one_line(reason.replace("argument ", "", 1)), accepted) from None
-    _check_constraints(name, value)
+        raise EngineArgValueError(one_line(reason.replace("argument ", "", 1)), accepted) from None
+    check_constraints(name, value)
     return value
-
-
-# Options the worker decides before vLLM is imported, from its own variables: a flag cannot move them.
-WORKER_OWNED = {
-    "model": "MODEL_NAME",
-    "revision": "MODEL_REVISION",
-    "tokenizer": "TOKENIZER_NAME",
-    "tokenizer_revision": "TOKENIZER_REVISION",
-    "tensor_parallel_size": "TENSOR_PARALLEL_SIZE",
-    "pipeline_parallel_size": "PIPELINE_PARALLEL_SIZE",
-    "distributed_executor_backend": "DISTRIBUTED_EXECUTOR_BACKEND",
-}
-
-
-def parse_flags(words: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """`vllm serve` flags (`--config FILE.yaml` among them), read by `vllm serve`'s own parser, in
-    its order of precedence (later flags over earlier, flags over the file's). Returns the options
-    they set (name -> value, bounds checked) and the names of options they set that mean nothing
-    inside a worker (host, port, ...: left out). Raises EngineArgValueError naming the flag."""
-    unset = object()
-    parser = _parser()
-    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != "help"})
-    try:
-        parsed = parser.parse_args(words, namespace)
-    except (argparse.ArgumentError, ValueError, TypeError, OSError, AssertionError) as e:
-        raise EngineArgValueError(_one_line(str(e).replace("argument ", "", 1)), "vllm serve's flags") from None
-    except Exception as e:  # the YAML does not parse
-        raise EngineArgValueError(_one_line(f"{type(e).__name__}: {e}"), "a YAML mapping of flags") from None
-    given = {name: value for name, value in vars(parsed).items() if value is not unset}
-    if given.pop("model_tag", None) is not None:  # `vllm serve MODEL`'s positional model
-        given["model"] = True
-    for name, variable in WORKER_OWNED.items():
-        if name in given:
-            what = "the model" if name == "model" else "--" + name.replace("_", "-")
-            raise EngineArgValueError(
-                f"{what} is the worker's to set (it plans the model and its layout before vLLM starts)",
-                f"{variable} instead",
-            )
-    values, ignored = {}, []
-    for name, value in given.items():
-        if name not in _actions():
-            ignored.append(name)
-            continue
-        try:
-            _check_constraints(name, value)
-        except EngineArgValueError as e:
-            raise EngineArgValueError(f"--{name.replace('_', '-')}: {e.reason}", e.accepted) from None
-        values[name] = value
-    return values, sorted(ignored)
-
-
-def flags_to_variables(message: str) -> str:
-    """'--enable-auto-tool-choice requires --tool-call-parser' -> in our variables' names."""
-    return re.sub(r"--([a-z0-9-]+)", lambda m: m.group(1).replace("-", "_").upper(), message)
-
-
-def server_namespace(values: dict[str, Any]):
-    """The argument namespace `vllm serve` would have: its defaults, then `values`."""
-    namespace = _parser().parse_args([])
-    for name, value in values.items():
-        setattr(namespace, name, value)
-    return namespace
-
-
-def check_server_args(values: dict[str, Any]) -> list[str]:
-    """Problems `vllm serve` would refuse before loading (in our variables' names), plus parser
-    names it would only reject at the first request."""
-    from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
-    from vllm.reasoning import ReasoningParserManager
-    from vllm.tool_parsers import ToolParserManager
-
-    problems = []
-    try:
-        validate_parsed_serve_args(server_namespace(values))
-    except (TypeError, ValueError) as e:
-        problems.append(flags_to_variables(str(e).removeprefix("Error: ")))
-    parsers = (
-        ("tool_call_parser", "tool_parser_plugin", "tool", ToolParserManager),
-        ("reasoning_parser", "reasoning_parser_plugin", "reasoning", ReasoningParserManager),
-    )
-    for option, plugin, kind, manager in parsers:
-        name, known = values.get(option), sorted(manager.list_registered())
-        if name and not values.get(plugin) and name not in known:
-            problems.append(
-                f"{option.upper()}={name!r} is not a vLLM {kind} parser. Accepted: {', '.join(known)} "
-                f"(or a name registered by {plugin.upper()})."
-            )
-    return problems

@@ -10,9 +10,9 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from tpworker.vllm_bridge.arguments import server_namespace
 from tpworker.vllm_bridge.asgi_call import call_asgi
 from tpworker.vllm_bridge.async_engine import is_engine_dead
+from tpworker.vllm_bridge.serve_flags import server_namespace
 
 
 def load_chat_template(template: str | None) -> str | None:
