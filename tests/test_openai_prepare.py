@@ -134,6 +134,7 @@ print("ROOT", set_to, before == (root.level, [h.level for h in root.handlers]) o
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [True, False])
 def test_the_build_in_another_thread_never_sets_the_root_logger_to_error(keep):
     """vLLM's server imports model_hosting_container_standards, which sets the root logger to ERROR

@@ -243,6 +243,7 @@ print("RESULT", sorted(values), "vllm.entrypoints.launchers.cli_args" in sys.mod
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "environ, expected",
     [
