@@ -39,7 +39,7 @@ NOT_FROM_ENVIRONMENT = frozenset(
 # Listed, not read, so that a start whose variables set none of them needs only the engine's half of
 # `vllm serve`'s parser: the frontend half imports vLLM's server modules (OpenAI and Anthropic protocols,
 # FastAPI, tool parsers: 0.4-0.9 s before the engine could spawn), which the OpenAI layer imports beside the
-# engine's start anyway. tests/test_vllm_arguments.py checks the list against vLLM's own.
+# engine's start anyway. tests/test_settings.py checks the list against vLLM's own.
 FRONTEND_FIELDS = frozenset(
     {
         "anthropic_disabled_thinking_effort",
@@ -119,10 +119,6 @@ def engine_fields() -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(AsyncEngineArgs))
 
 
-def frontend_fields() -> frozenset[str]:
-    return FRONTEND_FIELDS - engine_fields()
-
-
 def _settable(parser: argparse.ArgumentParser, fields: frozenset[str]) -> dict[str, argparse.Action]:
     return {
         a.dest: a
@@ -140,13 +136,19 @@ def _engine_actions() -> dict[str, argparse.Action]:
 @functools.cache
 def serve_actions() -> dict[str, argparse.Action]:
     """Option name (engine or frontend field) -> the CLI action `vllm serve` registers for it."""
-    return _settable(serve_parser(), engine_fields() | frontend_fields())
+    return _settable(serve_parser(), engine_fields() | FRONTEND_FIELDS)
+
+
+def _parser_and_action(name: str) -> tuple[argparse.ArgumentParser, argparse.Action]:
+    """The option's CLI action and the parser holding it: the engine's half of the parser for an engine
+    argument, so that reading engine arguments never builds the frontend's half."""
+    if is_engine_arg(name):
+        return _engine_parser(), _engine_actions()[name]
+    return serve_parser(), serve_actions()[name]
 
 
 def option_action(name: str) -> argparse.Action:
-    """The option's CLI action, from the engine's half of the parser when it is an engine argument (so
-    that reading engine arguments never builds the frontend's half)."""
-    return _engine_actions()[name] if is_engine_arg(name) else serve_actions()[name]
+    return _parser_and_action(name)[1]
 
 
 def is_engine_arg(name: str) -> bool:
@@ -171,7 +173,7 @@ def _config_class_of() -> dict[str, type]:
 
 def engine_arg_names() -> list[str]:
     """Every vLLM option a user may set: AsyncEngineArgs fields and OpenAI-frontend options."""
-    frontend = {name for name in frontend_fields() if name not in NOT_FROM_ENVIRONMENT}
+    frontend = {name for name in FRONTEND_FIELDS if name not in NOT_FROM_ENVIRONMENT}
     return sorted(_engine_actions().keys() | frontend)
 
 
@@ -189,7 +191,7 @@ def engine_arg_help(name: str) -> str:
     from vllm.config.utils import get_attr_docs
 
     cls = _config_class_of().get(name)
-    if cls is None and name in frontend_fields():
+    if cls is None and name in FRONTEND_FIELDS:
         from vllm.entrypoints.launchers.cli_args import BaseFrontendArgs
 
         cls = BaseFrontendArgs
@@ -280,8 +282,7 @@ def check_constraints(name: str, value: Any) -> None:
 def parse_engine_arg(name: str, text: str) -> Any:
     """Convert one environment string to the engine argument's value, exactly as `vllm serve`
     would convert the same text given on its command line, then check the field's bounds."""
-    action = option_action(name)
-    parser = _engine_parser() if is_engine_arg(name) else serve_parser()
+    parser, action = _parser_and_action(name)
     accepted = _accepted(action)
     try:
         if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction)):

@@ -9,9 +9,9 @@ import re
 from typing import Any
 
 from tpworker.vllm_bridge.arguments import (
+    FRONTEND_FIELDS,
     EngineArgValueError,
     check_constraints,
-    frontend_fields,
     one_line,
     serve_actions,
     serve_parser,
@@ -85,7 +85,7 @@ def check_server_args(values: dict[str, Any]) -> list[str]:
     problems = []
     # Each of vLLM 0.32's serve checks starts from a frontend option: with none set they all pass, and the
     # frontend's modules stay unimported until the OpenAI layer needs them.
-    if values.keys() & frontend_fields():
+    if values.keys() & FRONTEND_FIELDS:
         from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
 
         try:
