@@ -8,8 +8,13 @@ What it answers, as the hub does:
 - HEAD/GET /{repo}/resolve/{rev}/{file}: small files directly (ETag = git blob id, X-Repo-Commit);
   LFS files by a redirect to a second host (the "CDN", 127.0.0.2) carrying X-Linked-Etag and
   X-Linked-Size, which serves byte ranges, so interrupted transfers resume;
-- errors with the hub's X-Error-Code header: RepoNotFound, RevisionNotFound, EntryNotFound,
-  GatedRepo (a gated repo's files need a token).
+- errors with the hub's X-Error-Code header: RepoNotFound (also a private repo asked without the granted
+  token), RevisionNotFound, EntryNotFound, GatedRepo (a gated repo's information is public, its files
+  need the granted token: 401 without a token, 403 with another);
+- 401 "Invalid credentials in Authorization header" (no error code) for INVALID_TOKEN, a token the hub
+  does not know;
+- a hub in trouble: `answer_status` (e.g. 503) answers every request with that status, `stall_s` holds
+  every request that long and then drops the connection (a hub that does not answer).
 Every request is recorded, so tests can assert what a download did (or that nothing asked).
 """
 
@@ -26,6 +31,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 GRANTED_TOKEN = "hf_granted_test_token"
+INVALID_TOKEN = "hf_invalid_test_token"
 
 
 @dataclass
@@ -43,6 +49,7 @@ class Repo:
     refs: set[str]
     files: dict[str, Blob]
     gated: bool = False
+    private: bool = False
     advertised_sizes: dict[str, int] = field(default_factory=dict)  # sizes the listing claims instead
 
 
@@ -67,6 +74,9 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.requests: list[Request] = []
         self.cut_once: dict[str, int] = {}  # LFS sha256 -> bytes to send before dropping the connection
+        self.answer_status: int | None = None  # set: every request is answered with this status (e.g. 503)
+        self.stall_s = 0.0  # set: every request is held this long, then dropped unanswered
+        self._closing = threading.Event()  # releases held requests when the hub stops
         self._servers = [ThreadingHTTPServer((host, 0), self._handler(host)) for host in ("127.0.0.1", "127.0.0.2")]
         for server in self._servers:
             server.daemon_threads = True
@@ -80,12 +90,13 @@ class FakeHub:
         *,
         refs=("main",),
         gated: bool = False,
+        private: bool = False,
         advertised_sizes: dict[str, int] | None = None,
     ) -> str:
         """Serve `folder` as `repo_id` at a commit of its own (returned), reachable by each of `refs`."""
         files = {str(p.relative_to(folder)): _blob(p) for p in sorted(folder.rglob("*")) if p.is_file()}
         commit = hashlib.sha1(repo_id.encode() + "".join(b.git_oid for b in files.values()).encode()).hexdigest()
-        self.repos[repo_id] = Repo(repo_id, commit, set(refs), files, gated, dict(advertised_sizes or {}))
+        self.repos[repo_id] = Repo(repo_id, commit, set(refs), files, gated, private, dict(advertised_sizes or {}))
         return commit
 
     def cut_transfer_once(self, repo_id: str, filename: str, after_bytes: int) -> None:
@@ -100,6 +111,7 @@ class FakeHub:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._closing.set()
         for server in self._servers:
             server.shutdown()
             server.server_close()
@@ -127,6 +139,14 @@ class FakeHub:
         path = unquote(url.path)
         if host == "127.0.0.2":
             return self._serve_lfs(h, path, body)
+        if self.stall_s:
+            self._closing.wait(self.stall_s)
+            h.close_connection = True  # no answer at all
+            return
+        if self.answer_status:
+            return self._error(h, self.answer_status, None, "The hub is having trouble")
+        if h.headers.get("Authorization") == f"Bearer {INVALID_TOKEN}":
+            return self._error(h, 401, None, "Invalid credentials in Authorization header")
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
             return self._info(h, m[1], m[2] or "main")
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):
@@ -152,7 +172,8 @@ class FakeHub:
 
     def _repo_at(self, h, repo_id: str, revision: str) -> Repo | None:
         repo = self.repos.get(repo_id)
-        if repo is None:
+        granted = h.headers.get("Authorization") == f"Bearer {self.granted_token}"
+        if repo is None or (repo.private and not granted):  # the hub does not say which
             self._error(h, 401, "RepoNotFound", "Repository not found")
             return None
         if revision not in repo.refs and revision != repo.commit:
@@ -176,7 +197,7 @@ class FakeHub:
                     "id": repo.repo_id,
                     "modelId": repo.repo_id,
                     "sha": repo.commit,
-                    "private": False,
+                    "private": repo.private,
                     "gated": "auto" if repo.gated else False,
                     "disabled": False,
                     "siblings": [{"rfilename": name} for name in repo.files],

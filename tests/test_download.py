@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -142,8 +143,9 @@ def test_a_pinned_revision_is_fetched_and_a_wrong_one_is_refused(hub, tmp_path):
     assert result.commit == hub.repos["org/sharded"].commit
     with pytest.raises(
         download.DownloadError, match=r"org/sharded has no revision 'v9'\. Give a branch, tag or commit"
-    ):
+    ) as refused:
         download.fetch("org/sharded", "v9", local_dir=tmp_path / "n", endpoint=hub.url)
+    assert not refused.value.retryable  # a restart asks for the same revision
 
 
 def test_a_repo_without_loadable_weights_is_refused(hub, tmp_path):
@@ -159,11 +161,13 @@ def test_a_gated_repo_without_a_token_says_how_to_give_one(hub, tmp_path, monkey
         download.DownloadError,
         match=r"org/gated is a gated model and no Hugging Face token was "
         r"given.*set HF_TOKEN \(image build: --secret id=HF_TOKEN",
-    ):
+    ) as refused:
         download.fetch("org/gated", local_dir=tmp_path / "m", endpoint=hub.url)
+    assert not refused.value.retryable
     monkeypatch.setenv("HF_TOKEN", "hf_someone_without_access")
-    with pytest.raises(download.DownloadError, match=r"the Hugging Face token given has no access"):
+    with pytest.raises(download.DownloadError, match=r"the Hugging Face token given has no access") as refused:
         download.fetch("org/gated", local_dir=tmp_path / "n", endpoint=hub.url)
+    assert not refused.value.retryable
     monkeypatch.setenv("HF_TOKEN", GRANTED_TOKEN)
     assert "model.safetensors" in _fetched(hub, "org/gated", tmp_path / "o")
 
@@ -171,14 +175,18 @@ def test_a_gated_repo_without_a_token_says_how_to_give_one(hub, tmp_path, monkey
 def test_an_unknown_repo_is_named(hub, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    with pytest.raises(download.DownloadError, match=r"No model 'org/nothing' on the Hugging Face hub"):
+    with pytest.raises(download.DownloadError, match=r"No model 'org/nothing' on the Hugging Face hub") as refused:
         download.fetch("org/nothing", local_dir=tmp_path / "m", endpoint=hub.url)
+    assert not refused.value.retryable
 
 
 def test_too_little_disk_is_refused_before_the_first_byte(hub, tmp_path):
-    with pytest.raises(download.DownloadError, match=r"Not enough disk space: the model needs .* more at .* is free"):
+    with pytest.raises(
+        download.DownloadError, match=r"Not enough disk space: the model needs .* more at .* is free"
+    ) as refused:
         download.fetch("org/huge", local_dir=tmp_path / "m", endpoint=hub.url)
     assert not hub.requests_to(r"org/huge/resolve/")
+    assert not refused.value.retryable  # the disk is no larger after a restart
 
 
 def test_a_disk_that_fills_up_is_explained():
@@ -190,7 +198,27 @@ def test_a_disk_that_fills_up_is_explained():
         full = e
     assert full.errno == errno.ENOSPC
     error = download.explain(full, "org/model", None, Path("/models"))
-    assert "The disk filled up while downloading org/model into /models" in str(error)
+    assert "The disk filled up while downloading org/model into /models (a full disk)" in str(error)
+    assert not error.retryable
+
+
+def test_a_hub_in_trouble_or_out_of_reach_is_a_failure_a_restart_may_fix(tmp_path):
+    with FakeHub() as troubled:
+        troubled.add_repo("org/tiny", _tiny_repo(tmp_path / "tiny", **{"model.safetensors": {"a": 1.0}}))
+        troubled.answer_status = 502
+        with pytest.raises(
+            download.DownloadError,
+            match=r"Cannot download org/tiny: the Hugging Face hub could not "
+            r"be reached or failed \(.*502.*\)\. Run it again to resume",
+        ) as refused:
+            download.fetch("org/tiny", local_dir=tmp_path / "m", endpoint=troubled.url)
+        assert refused.value.retryable
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(download.DownloadError, match=r"could not be reached or failed \(ConnectError") as refused:
+        download.fetch("org/tiny", local_dir=tmp_path / "n", endpoint=address)
+    assert refused.value.retryable
 
 
 def test_incomplete_or_fake_weights_are_found(tmp_path):

@@ -41,10 +41,11 @@ def _repo(folder: Path, value: float = 1.0) -> Path:
 def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("repos")
     with FakeHub() as hub:
-        hub.add_repo(REPO, _repo(root / "tiny"))
+        hub.add_repo(REPO, _repo(root / "tiny"), refs=("main", "v2"))
         # RunPod's model cache names repositories in lower case.
         hub.add_repo(REPO.lower(), _repo(root / "tiny-lower", value=2.0))
         hub.add_repo("org/tok", _repo(root / "tok"))
+        hub.add_repo("org/other", _repo(root / "other"))
         yield hub
 
 
@@ -81,8 +82,8 @@ def test_the_served_name_is_decided_in_one_place(baked, tmp_path):
     assert served_model_names(override, located, {"served_model_name": ["mine"]}) == ["tiny"]
 
 
-def test_another_model_than_the_baked_one_is_looked_for_elsewhere(baked, tmp_path):
-    located = resolve.locate(settings(tmp_path, MODEL_NAME="org/other"))
+def test_another_model_than_the_baked_one_is_looked_for_elsewhere(hub, baked, tmp_path):
+    located = resolve.locate(settings(tmp_path, MODEL_NAME="org/other", HF_ENDPOINT=hub.url))
     assert located.download and located.path_or_id == "org/other"
     with pytest.raises(
         resolve.ModelNotFound,
@@ -90,7 +91,7 @@ def test_another_model_than_the_baked_one_is_looked_for_elsewhere(baked, tmp_pat
         r"holds HuggingFaceTB/Tiny-Model; not in .*volume/huggingface-cache/hub\) and HF_HUB_OFFLINE is set",
     ):
         resolve.locate(settings(tmp_path, MODEL_NAME="org/other", HF_HUB_OFFLINE="1"))
-    assert resolve.locate(settings(tmp_path, MODEL_NAME=REPO, MODEL_REVISION="v2")).download
+    assert resolve.locate(settings(tmp_path, MODEL_NAME=REPO, MODEL_REVISION="v2", HF_ENDPOINT=hub.url)).download
     with pytest.raises(
         resolve.ModelNotFound, match=r"MODEL_REVISION='v2', but the image holds HuggingFaceTB/Tiny-Model at main"
     ):
@@ -112,7 +113,7 @@ def test_runpods_model_cache_is_found_whatever_the_case_of_its_names(hub, tmp_pa
         assert located.path_or_id == str(path), revision
         assert located.offline and not located.download and located.served_name == REPO
         assert "is in the network volume's cache" in located.why
-    assert resolve.locate(settings(tmp_path, MODEL_NAME=REPO, MODEL_REVISION="v2")).download
+    assert resolve.locate(settings(tmp_path, MODEL_NAME=REPO, MODEL_REVISION="v2", HF_ENDPOINT=hub.url)).download
 
 
 def test_an_incomplete_cached_copy_is_not_served(hub, tmp_path, caplog):
@@ -120,10 +121,10 @@ def test_an_incomplete_cached_copy_is_not_served(hub, tmp_path, caplog):
     path = Path(snapshot_download(REPO, cache_dir=cache, endpoint=hub.url))
     blob = (path / "model.safetensors").resolve()
     blob.write_bytes(b"version https://git-lfs.github.com/spec/v1\n")  # a pointer, not the weights
-    assert resolve.locate(settings(tmp_path, MODEL_NAME=REPO)).download
+    assert resolve.locate(settings(tmp_path, MODEL_NAME=REPO, HF_ENDPOINT=hub.url)).download
     assert "Skipping the cached copy" in caplog.text and "Git LFS pointer" in caplog.text
     blob.unlink()  # the blob went missing: huggingface_hub's scan reports it
-    assert resolve.locate(settings(tmp_path, MODEL_NAME=REPO)).download
+    assert resolve.locate(settings(tmp_path, MODEL_NAME=REPO, HF_ENDPOINT=hub.url)).download
     assert "In the hub cache" in caplog.text
 
 

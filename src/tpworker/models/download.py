@@ -4,7 +4,8 @@ and the worker's own download into a network volume).
 huggingface_hub does the transfer: a pinned commit, a progress bar, files already present are
 skipped and an interrupted transfer resumes. This module decides which files (snapshot.py),
 checks there is room before the first byte, verifies the weights that arrived, and turns the
-hub's errors into sentences that say what to do.
+hub's errors into sentences that say what to do: retryable when a restart may succeed (the network, the
+hub's 5xx), not when it cannot (a missing or gated model, a wrong revision, a full disk).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tpworker.errors import StartRefused
-from tpworker.models import snapshot
+from tpworker.models import hub_check, snapshot
 
 log = logging.getLogger(__name__)
 # Room kept free beyond the files themselves (file system overhead, logs, temp files).
@@ -58,11 +59,11 @@ def check_room(target: Path, needed: int) -> None:
 
 
 def explain(error: BaseException, repo_id: str, revision: str | None, target: Path) -> DownloadError:
-    """The hub's or the file system's error, said so that the user knows what to change."""
+    """The hub's or the file system's error, said so that the user knows what to change; retryable when
+    a restart may succeed (hub_check.is_transient: the network, the hub's 5xx or 429)."""
     from huggingface_hub import get_token
     from huggingface_hub.errors import (
         GatedRepoError,
-        LocalEntryNotFoundError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -88,17 +89,21 @@ def explain(error: BaseException, repo_id: str, revision: str | None, target: Pa
             f"No model {repo_id!r} on the Hugging Face hub, or it is private and "
             f"{'the token given cannot read it' if get_token() else 'no HF_TOKEN was given'}. Check the name."
         )
-    if isinstance(error, (OfflineModeIsEnabled, LocalEntryNotFoundError)):
-        return DownloadError(
-            f"Cannot download {repo_id}: the Hugging Face hub cannot be reached or HF_HUB_OFFLINE is set "
-            f"({' '.join(str(error).split())[:300]})."
-        )
+    if isinstance(error, OfflineModeIsEnabled):
+        return DownloadError(f"Cannot download {repo_id}: HF_HUB_OFFLINE is set. Unset it, or bake the model in.")
     if isinstance(error, OSError) and error.errno == errno.ENOSPC:
         return DownloadError(
-            f"The disk filled up while downloading {repo_id} into {target}. Free some space, or download to a "
-            f"larger disk (a larger container disk or network volume on RunPod)."
+            f"The disk filled up while downloading {repo_id} into {target} (a full disk). Free some space, or "
+            f"download to a larger disk (a larger container disk or network volume on RunPod)."
         )
-    return DownloadError(f"Cannot download {repo_id}: {type(error).__name__}: {' '.join(str(error).split())[:500]}")
+    said = " ".join(str(error).split())
+    if hub_check.is_transient(error):
+        return DownloadError(
+            f"Cannot download {repo_id}: the Hugging Face hub could not be reached or failed "
+            f"({type(error).__name__}: {said[:300]}). Run it again to resume; a worker restarts and does.",
+            retryable=True,
+        )
+    return DownloadError(f"Cannot download {repo_id}: {type(error).__name__}: {said[:500]}")
 
 
 def _present(target: Path | None, name: str, size: int | None) -> bool:
@@ -124,7 +129,7 @@ def fetch(
     target = local_dir or cache_dir or Path.home()
     try:
         api = HfApi(endpoint=endpoint)
-        commit = api.model_info(repo_id, revision=revision).sha
+        commit = api.model_info(repo_id, revision=revision, timeout=hub_check.TIMEOUT_S).sha
         listing = {
             f.path: f.size
             for f in api.list_repo_tree(repo_id, revision=commit, recursive=False)
@@ -173,7 +178,9 @@ def fetch(
     else:
         problems = snapshot.folder_problems(path, {n: listing[n] for n in weights})
     if problems:
-        raise DownloadError(f"The download of {repo_id} is incomplete: {'; '.join(problems)}. Run it again to resume.")
+        raise DownloadError(
+            f"The download of {repo_id} is incomplete: {'; '.join(problems)}. Run it again to resume.", retryable=True
+        )
     return Fetched(repo_id, commit, path, files, sum(listing[n] or 0 for n in weights))
 
 

@@ -6,6 +6,9 @@
    and earlier downloads, in the hub's cache layout (RunPod may lowercase the names; served offline);
 4. a download from the hub into that cache (or the container's cache when no volume is mounted),
    unless HF_HUB_OFFLINE is set; else a clear error naming every place looked at.
+A model (or TOKENIZER_NAME) still to come from the hub is first checked there (hub_check.py): a missing
+model, a wrong revision or a gated model the token cannot open is refused in seconds, before config.json
+is read from the hub or anything is downloaded.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from tpworker.config.settings import Settings
 from tpworker.errors import StartRefused
-from tpworker.models import manifest, snapshot
+from tpworker.models import hub_check, manifest, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,35 @@ def find_cached(cache: Path, repo_id: str, revision: str | None, problems=snapsh
 
 def locate(settings: Settings) -> Located | None:
     """The model to serve, or None when MODEL_NAME is unset and nothing is baked (the caller then
-    decides: the embedded default model on CPU, an error on GPU). Raises ModelNotFound."""
+    decides: the embedded default model on CPU, an error on GPU). What is still to come from the hub
+    (the model, a tokenizer) is checked there first. Raises ModelNotFound, hub_check.HubRefused."""
+    located = _find(settings)
+    if located is None or settings.hub_offline:
+        return located
+    worker = settings.worker
+    if located.download:
+        check = hub_check.check(
+            worker.model,
+            worker.revision,
+            endpoint=settings.hub_endpoint,
+            variable=settings.source_of("model"),
+            revision_variable=settings.source_of("revision"),
+        )
+        log.info("%s is on the hub at commit %s%s.", worker.model, check.commit[:12], " (gated)" * check.gated)
+    tokenizer = worker.tokenizer
+    if tokenizer and located.tokenizer in (None, tokenizer) and not Path(tokenizer).is_dir():
+        hub_check.check(
+            tokenizer,
+            worker.tokenizer_revision,
+            endpoint=settings.hub_endpoint,
+            variable=settings.source_of("tokenizer"),
+            revision_variable=settings.source_of("tokenizer_revision"),
+            probe="tokenizer_config.json",
+        )
+    return located
+
+
+def _find(settings: Settings) -> Located | None:
     worker = settings.worker
     model, revision = worker.model, worker.revision
     image = baked(settings)

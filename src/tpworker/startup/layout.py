@@ -61,9 +61,12 @@ def model_facts(settings: Settings, model: ModelChoice) -> ModelFacts:
         config = read_model_config(model.path_or_id, settings.worker.revision)
         return ModelFacts.from_config(config)
     except Exception as e:
+        from tpworker.models.hub_check import is_transient
+
         raise StartError(
             f"Cannot read the model's config.json ({settings.source_of('model')}={model.path_or_id!r}): "
-            f"{' '.join(str(e).split())}"
+            f"{' '.join(str(e).split())}",
+            retryable=is_transient(e),
         ) from e
 
 
