@@ -8,6 +8,7 @@ Two kinds of variables:
   converts the same text on its command line (`Settings.vllm_args()`, which imports vLLM);
   the options of vLLM's OpenAI frontend (CHAT_TEMPLATE, TOOL_CALL_PARSER, ...) likewise.
 A bad value raises SettingsError: one line per variable, naming it, its value, what is accepted.
+Variables vLLM or worker-vllm retired (retired.py) are warned about and left out, so old templates start.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tpworker.config.retired import RETIRED
 from tpworker.config.variables import (
     WorkerSettings,
     is_secret,
@@ -164,6 +166,10 @@ class Settings:
     def source_of(self, field_name: str) -> str:
         return self.sources.get(field_name, variable_name(field_name))
 
+    def engine_source(self, argument: str) -> str:
+        """The variable that set a vLLM option (its own name when none did). Imports vLLM (vllm_args)."""
+        return self._engine[1].get(argument, variable_name(argument))
+
     @functools.cached_property
     def _engine(self) -> tuple[dict[str, Any], dict[str, str]]:
         from tpworker.vllm_bridge import arguments, serve_flags
@@ -236,17 +242,27 @@ class Settings:
         return {k: masked(k, v) for k, v in sorted(read.items())}
 
 
+def _warn_retired(environ: Mapping[str, str]) -> None:
+    """One warning per retired variable set (an old worker-vllm template): ignored rather than refused."""
+    for name, instead in RETIRED.items():
+        if environ.get(name, "").strip():
+            log.warning("%s=%s is ignored: %s.", name, masked(name, environ[name]), instead)
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the worker's variables (no vLLM import). Engine arguments are read now
     and converted by `Settings.vllm_args()`. Raises SettingsError listing every problem."""
     environ = os.environ if environ is None else environ
+    _warn_retired(environ)
     problems: list[str] = []
     worker, sources = _read_worker_settings(environ, problems)
     if problems:
         raise SettingsError(problems)
     worker_variables = {v for name in WorkerSettings.model_fields for v in variables_for(name)}
     # Which of these name vLLM options is known only once vLLM is imported (vllm_args()).
-    engine_environ = {k: v for k, v in environ.items() if k.isupper() and k not in worker_variables and v != ""}
+    engine_environ = {
+        k: v for k, v in environ.items() if k.isupper() and k not in worker_variables and k not in RETIRED and v != ""
+    }
     return Settings(
         worker=worker,
         cuda_visible_devices=cuda_visible_devices(environ),
@@ -265,6 +281,21 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         vllm_extra_args=environ.get("VLLM_EXTRA_ARGS") or None,
         compile_cache_environ={name: environ[name] for name in COMPILE_CACHE_VARIABLES if environ.get(name)},
     )
+
+
+@dataclass(frozen=True)
+class StartPolicy:
+    """What handler.py does when its start is refused, read even when the other settings are not valid."""
+
+    on_runpod: bool  # RUNPOD_WEBHOOK_GET_JOB is set: RunPod's job loop
+    on_refused_start: str  # ON_REFUSED_START: serve (stay up, answer jobs with the cause) or exit
+
+
+def start_policy(environ: Mapping[str, str] | None = None) -> StartPolicy:
+    environ = os.environ if environ is None else environ
+    chosen = environ.get("ON_REFUSED_START", "").strip().lower()
+    # A value that is not valid is refused with the other settings; the refusal is then served.
+    return StartPolicy(bool(environ.get("RUNPOD_WEBHOOK_GET_JOB")), "exit" if chosen == "exit" else "serve")
 
 
 @dataclass(frozen=True)
