@@ -2,15 +2,26 @@
 
 Each case: (name, job input, fragments the error must contain). The fragments name the field or
 the limit at fault, so a generic "bad request" fails the test. The endpoint that serves them runs
-with MAX_PROMPT_TOKENS=1500, MAX_OUTPUT_TOKENS=512, MAX_N=4, MAX_REQUEST_BYTES=100000 and a
-2048-token context (MAX_MODEL_LEN).
+with MAX_PROMPT_TOKENS=1500, MAX_OUTPUT_TOKENS=512, MAX_N=4, MAX_REQUEST_BYTES=100000,
+STRUCTURED_OUTPUT_TIMEOUT=2 and a 2048-token context (MAX_MODEL_LEN).
 """
 
 from __future__ import annotations
 
 HF_TOKEN = "hf_tpworkerTestSecretValue123456"
 API_KEY = "rpa_tpworkerTestApiKey7890ABCDEF"
-LIMITS = {"MAX_PROMPT_TOKENS": "1500", "MAX_OUTPUT_TOKENS": "512", "MAX_N": "4", "MAX_REQUEST_BYTES": "100000"}
+LIMITS = {
+    "MAX_PROMPT_TOKENS": "1500",
+    "MAX_OUTPUT_TOKENS": "512",
+    "MAX_N": "4",
+    "MAX_REQUEST_BYTES": "100000",
+    "STRUCTURED_OUTPUT_TIMEOUT": "2",
+}
+# Regexes of nested quantifiers: each token they allow costs more than the last (minutes of the engine's
+# time in vLLM 0.32); the worker refuses each once its check passes STRUCTURED_OUTPUT_TIMEOUT.
+COSTLY = "((a*)*){50}b"
+COSTLY_TOO = "((b*)*){50}a"
+NO_STRING = "root ::= root root"  # a grammar no finite text matches: vLLM answered "Internal server error"
 
 LONG_TEXT = "The quick brown fox jumps over the lazy dog. " * 260  # ~2600 tokens: beyond the context
 MEDIUM_TEXT = "The quick brown fox jumps over the lazy dog. " * 170  # ~1700 tokens: over MAX_PROMPT_TOKENS
@@ -129,6 +140,21 @@ NATIVE = [
         ["sampling_params.structured_outputs", "nonsense"],
     ),
     ("structured output is a number", sampling(structured_outputs=5), ["sampling_params.structured_outputs"]),
+    (
+        "regex too costly to check",
+        sampling(structured_outputs={"regex": COSTLY}, max_tokens=256),
+        ["sampling_params.structured_outputs.regex", "STRUCTURED_OUTPUT_TIMEOUT=2 s", "nested quantifiers"],
+    ),
+    (
+        "grammar that accepts no token",
+        sampling(structured_outputs={"grammar": NO_STRING}),
+        ["sampling_params.structured_outputs.grammar", "accepts no token"],
+    ),
+    (
+        "empty choice list",
+        sampling(structured_outputs={"choice": []}),
+        ["sampling_params.structured_outputs", "empty"],
+    ),
 ]
 
 # OpenAI form: {"openai_route", "openai_input"}, what RunPod's /openai/v1 gateway sends.
@@ -183,6 +209,21 @@ OPENAI = [
         ["response_format", "nonsense"],
     ),
     ("unknown response_format", chat(response_format={"type": "xml"}), ["response_format"]),
+    (
+        "regex too costly to check",
+        chat(structured_outputs={"regex": COSTLY_TOO}, max_tokens=256),
+        ["structured_outputs.regex", "STRUCTURED_OUTPUT_TIMEOUT=2 s"],
+    ),
+    (
+        "streamed grammar that accepts no token",
+        chat(structured_outputs={"grammar": NO_STRING}, stream=True),
+        ["structured_outputs.grammar", "accepts no token"],
+    ),
+    (
+        "completion grammar that accepts no token",
+        completion(structured_outputs={"grammar": "root ::= root root root"}),
+        ["structured_outputs.grammar", "accepts no token"],
+    ),
     ("chat template in the request", chat(chat_template="{{ 'x' }}"), ["TRUST_REQUEST_CHAT_TEMPLATE"]),
     ("tools malformed", chat(tools=[{"type": "function"}]), ["tools"]),
     (

@@ -35,6 +35,7 @@ class FakeEngine:
     max_model_len = 2048
     llm = None  # no OpenAI serving layer: OpenAI jobs need the real engine
     prepared = None  # nothing prepared beside a start (serving/engine.py)
+    vllm_config = None  # no structured-output check (serving/structured_check.py needs the real engine)
     generates = True
 
     def __init__(self, token_delay: float = 0.0):

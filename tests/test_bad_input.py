@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import httpx
 import pytest
@@ -89,6 +90,33 @@ def test_openai_errors_over_http_carry_their_status(dev):
         assert "MAX_N" in str(refused.value)
     with tallied("bad_inputs", "openai http: unknown model"), pytest.raises(NotFoundError):
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "Hi"}])
+
+
+def test_a_costly_structured_output_is_refused_before_the_engine_and_other_jobs_go_on(dev):
+    """One job's regex of nested quantifiers (a new one: never checked before) and valid jobs sent right
+    after it: the regex is refused once its check passes STRUCTURED_OUTPUT_TIMEOUT (2 s here), the engine
+    never sees it, and the valid jobs, streamed and not, complete with the right answer."""
+    costly = {
+        "prompt": "a" * 64,
+        "sampling_params": {"max_tokens": 512, "structured_outputs": {"regex": "((c*)*){60}d"}},
+    }
+    with tallied("bad_inputs", "costly regex with valid jobs in flight"):
+        began = time.monotonic()
+        costly_id = dev.run(costly)
+        valid_ids = [dev.run({**VALID, "stream": stream}) for stream in (False, True, False)]
+        refused = dev.wait_status(costly_id, seconds=120)
+        took = time.monotonic() - began
+        assert refused["status"] == "FAILED", refused
+        assert "sampling_params.structured_outputs.regex" in refused["error"]
+        assert "STRUCTURED_OUTPUT_TIMEOUT=2 s" in refused["error"]
+        assert took < 60, took  # the check's limit and the probe's restart, never the engine's minutes
+        for job_id in valid_ids:
+            done = dev.wait_status(job_id, seconds=120)
+            text = "".join(piece for chunk in done["output"] for piece in chunk["choices"][0]["tokens"])
+            assert done["status"] == "COMPLETED" and "Paris" in text, done
+        again = dev.wait_status(dev.run(costly), seconds=30)  # remembered: refused at once
+        assert again["status"] == "FAILED" and again["error"] == refused["error"]
+    assert "Traceback" not in dev.log()
 
 
 # Property: whatever values a job's sampling parameters hold, the worker answers with either a

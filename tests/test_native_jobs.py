@@ -240,7 +240,7 @@ def test_without_warm_up_the_openai_routes_are_built_once_the_worker_is_idle_aft
         await asyncio.sleep(OPENAI_WARMUP_DELAY_S + 0.5)
         built_while_busy = running.openai._server is not None
         await outputs.aclose()  # the job ends: the worker is idle
-        await asyncio.wait_for(running._openai_warmup, 60)
+        await asyncio.wait_for(running._openai_build, 60)
         return first, concurrency, built_while_busy
 
     try:

@@ -156,7 +156,7 @@ def test_sigterm_gives_jobs_in_flight_their_grace_period_then_ends_them():
 
 def test_the_concurrency_getter_has_no_side_effects():
     worker = make_worker(max_concurrency=7)
-    assert worker.concurrency(3) == 7 and worker._loop is None and worker._openai_warmup is None
+    assert worker.concurrency(3) == 7 and worker._loop is None and worker._openai_build is None
 
 
 def test_openai_streams_are_batched_by_whole_events_with_the_same_growth():
@@ -253,7 +253,7 @@ def test_without_warm_up_no_request_is_sent_and_the_openai_layer_waits_for_idle(
 
     async def scenario():
         await worker.loop_started()
-        return worker._openai_warmup
+        return worker._openai_build
 
     build = run(scenario())
     assert engine.requests == {} and build is not None  # scheduled for after the first idle moment

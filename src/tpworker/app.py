@@ -6,6 +6,10 @@ Modes, decided before the engine starts (so a mistake costs no load time):
   (runpod 1.10's own local test never runs a generator handler.)
 - `--rp_serve_api`: the RunPod SDK's local API server.
 - on RunPod (RUNPOD_WEBHOOK_GET_JOB set): RunPod's production job loop.
+
+A start that is refused exits with status 2, except on RunPod's job loop, where a refusal a restart cannot
+fix (ON_REFUSED_START=serve, the default) keeps the worker up, answering every job with the cause
+(serving/refused.py): RunPod restarts a worker that exits, into the same refusal, billing each start.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from pathlib import Path
 
 from tpworker import timeline
 from tpworker.config.logs import configure_logging
-from tpworker.config.settings import SettingsError, load_settings
+from tpworker.config.settings import SettingsError, load_settings, start_policy
 from tpworker.errors import StartRefused
+from tpworker.serving.lifecycle import Lifecycle
 
 log = logging.getLogger("tpworker")
 
@@ -120,6 +125,7 @@ def _refusal(job: dict, settings) -> dict | None:
 def main(handler: Callable, handler_file: str) -> int:
     """Entry point of handler.py. Returns the process exit status."""
     configure_logging()  # before anything logs: secrets redacted from the first line
+    lifecycle = Lifecycle()
     try:
         settings = load_settings()
         timeline.mark("settings read")
@@ -133,10 +139,13 @@ def main(handler: Callable, handler_file: str) -> int:
             # A malformed local job fails before the engine starts, with the handler's error.
             print(f"--- job: {json.dumps(local_job)}\n--- job failed: {json.dumps(refusal['error'])}", flush=True)
             return 1
-        started = start_worker(settings, plan_start(settings, layout))
+        started = start_worker(settings, plan_start(settings, layout), lifecycle=lifecycle)
     except StartRefused as e:
         for line in str(e).splitlines():
             log.error("Cannot start: %s", line)
+        if _serves_refusal(e, sys.argv[1:]):
+            return _serve_refusal(handler, lifecycle, e)
+        log.error("Exiting with status 2%s.", " so that RunPod starts the worker again" if e.retryable else "")
         return 2
     set_current_worker(started.worker)
     try:
@@ -164,3 +173,34 @@ def main(handler: Callable, handler_file: str) -> int:
     finally:
         set_current_worker(None)
         started.close()
+
+
+def _serves_refusal(error: StartRefused, argv: list[str]) -> bool:
+    """Stay up with the refusal: on RunPod's job loop (not a local test run), for a refusal a restart
+    cannot fix, unless ON_REFUSED_START=exit."""
+    policy = start_policy()
+    local = any(arg.startswith(("--test_input", "--rp_serve_api")) for arg in argv)
+    return policy.on_runpod and not local and not error.retryable and policy.on_refused_start == "serve"
+
+
+def _serve_refusal(handler: Callable, lifecycle: Lifecycle, error: StartRefused) -> int:
+    """RunPod's job loop with every job answered by the refusal, until RunPod stops the worker."""
+    import runpod
+
+    from tpworker.serving import jobloop
+    from tpworker.serving.refused import RefusedWorker
+
+    worker = RefusedWorker(lifecycle, error)
+    log.error(
+        "The worker stays up and answers every job with this refusal (a restart would be refused again). "
+        "Fix the cause and redeploy; ON_REFUSED_START=exit makes it exit instead."
+    )
+    set_current_worker(worker)
+    jobloop.install()
+    try:
+        runpod.serverless.start(
+            {"handler": handler, "concurrency_modifier": worker.concurrency, "return_aggregate_stream": True}
+        )
+    finally:
+        set_current_worker(None)
+    return 0

@@ -131,6 +131,33 @@ class WorkerSettings(BaseModel):
         ge=0,
         description="On SIGTERM, seconds in-flight jobs get to finish before they end with an error.",
     )
+    request_timeout: float = Field(
+        3600,
+        gt=0,
+        description="Seconds one job may run (from the moment the worker takes it): past them its engine request "
+        "is aborted and the job ends with an error naming this variable (worker-vllm's name and default).",
+    )
+    structured_output_timeout: float = Field(
+        5,
+        gt=0,
+        description="Seconds the worker gives a job's structured-output specification (regex, grammar, JSON "
+        "schema, choice, structural tag) to compile and to be walked for its first tokens, in a process of its "
+        "own, before the engine sees it; one that takes longer is refused with a 400 naming the field, so that "
+        "no specification can stall the engine for every other job.",
+    )
+    start_memory_retry: bool = Field(
+        True,
+        description="When vLLM refuses the start because the KV cache or memory does not suffice, lower the "
+        "setting its message points to (MAX_MODEL_LEN, GPU_MEMORY_UTILIZATION or MAX_NUM_SEQS) and start once "
+        "more, logging as a warning what changed and how to set it for good. false: fail the start instead.",
+    )
+    on_refused_start: Literal["serve", "exit"] = Field(
+        "serve",
+        description="On RunPod, when the start is refused for a reason a restart cannot fix (a bad variable, a "
+        "plan that cannot fit, a model that is missing or gated): serve keeps the worker up and answers every job "
+        "with the cause and the fix (an exited worker is restarted into the same refusal, and every start is "
+        "billed); exit ends it with status 2. Failures a restart may fix (network, a dying engine) always exit.",
+    )
     engine_warmup: bool = Field(
         True,
         description="Before the first job, send one short request through the engine (prompt, prefill and a "

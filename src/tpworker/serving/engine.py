@@ -17,13 +17,19 @@ from vllm import AsyncEngineArgs, SamplingParams
 
 from tpworker import timeline
 from tpworker.errors import StartRefused
-from tpworker.vllm_bridge import async_engine, prompts, start_records
+from tpworker.vllm_bridge import async_engine, prompts, start_failures, start_records
 
 log = logging.getLogger(__name__)
 
 
 class EngineStartError(StartRefused):
-    """vLLM refused the configuration or could not load the model."""
+    """vLLM refused the configuration or could not load the model. `failure`: the exception vLLM's process
+    logged ('ValueError: ...'), when it logged one; `memory_fix`: the setting its message says to lower."""
+
+    def __init__(self, message: str, *, retryable: bool = False, failure: str | None = None):
+        super().__init__(message, retryable=retryable)
+        self.failure = failure
+        self.memory_fix = start_failures.memory_fix(failure)
 
 
 @contextmanager
@@ -68,6 +74,15 @@ def _engine_processes() -> dict[psutil.Process, str]:
         except psutil.Error:
             pass
     return found
+
+
+def kill_engine_processes() -> None:
+    """SIGKILL what is left of vLLM's processes under this one (after a start that failed)."""
+    for process in _engine_processes():
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
 
 
 def _beside_the_start(work: Callable[[Any], Any], model_config, started: threading.Event) -> Future:
@@ -136,9 +151,12 @@ class Engine:
                 with _environment(environment or {}):
                     llm = async_engine.start_async_llm(config, args, on_engine_step=steps.report)
             except Exception as e:
+                failure = records.failure()
+                cause = failure or f"{' '.join(str(e).split())}; the cause is in vLLM's log lines above"
                 raise EngineStartError(
-                    f"vLLM could not start the engine ({' '.join(str(e).split())}); "
-                    "the cause is in vLLM's log lines above."
+                    f"vLLM could not start the engine: {cause}",
+                    retryable=start_failures.restart_may_fix(failure),
+                    failure=failure,
                 ) from e
             finally:
                 started.set()
@@ -160,6 +178,11 @@ class Engine:
     def llm(self):
         """The AsyncLLM itself, for vLLM's OpenAI serving layer (vllm_bridge.openai_server.OpenAIServer)."""
         return self._llm
+
+    @property
+    def vllm_config(self):
+        """vLLM's whole configuration of this engine (the structured-output probe builds on it)."""
+        return self._llm.vllm_config
 
     @property
     def generates(self) -> bool:
@@ -216,11 +239,12 @@ class Engine:
     def kill_processes(self) -> None:
         """SIGKILL vLLM's processes (the engine core and every rank): for an engine that is dead or
         hung, where a clean shutdown would wait on it."""
-        for process in {*self.processes, *_engine_processes()}:  # those started since, too
+        for process in self.processes:
             try:
                 process.send_signal(signal.SIGKILL)
             except psutil.Error:
                 pass
+        kill_engine_processes()  # those started since, too
 
     def shutdown(self) -> None:
         """Stop the engine core and every rank. Idempotent."""

@@ -22,6 +22,7 @@ from tpworker.serving.engine import Engine
 from tpworker.serving.errors import JobError
 from tpworker.serving.jobs import NativeRequest
 from tpworker.serving.limits import Limits
+from tpworker.serving.structured_check import StructuredOutputCheck
 from tpworker.vllm_bridge import prompts, sampling
 
 
@@ -129,14 +130,20 @@ async def generate(
     job_id: str,
     limits: Limits,
     lora=None,
+    structured: StructuredOutputCheck | None = None,
 ) -> AsyncIterator[dict]:
-    """`lora`: the vLLM LoRARequest of the adapter the job names (None: the base model)."""
+    """`lora`: the vLLM LoRARequest of the adapter the job names (None: the base model). `structured`: the
+    check a structured-output specification passes before the engine gets it."""
     engine_input = await _engine_input(engine, request, chat)
     prompt_tokens = len(prompts.prompt_token_ids(engine_input))
     limits.check_prompt_tokens(prompt_tokens, "messages" if request.messages is not None else "prompt")
     default_max_tokens = limits.default_output_tokens(default_max_tokens)
     _fit_max_tokens(request, prompt_tokens, engine.max_model_len, default_max_tokens)
     params = request.sampling_params
+    if structured is not None and params.structured_outputs is not None:
+        if refusal := await structured.problem(params.structured_outputs, params.max_tokens):
+            field = f"sampling_params.structured_outputs.{refusal.field}"
+            raise JobError(f"{field}: {refusal.message}", param=field)
     params.output_kind = RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY
     batcher = StreamBatcher(params.n, with_logprobs=params.logprobs is not None)
     generated = 0

@@ -19,6 +19,7 @@ from tpworker.serving.engine import Engine
 from tpworker.serving.errors import JobError
 from tpworker.serving.jobs import GENERATION_ROUTES, OpenAIRequest
 from tpworker.serving.limits import Limits
+from tpworker.serving.structured_check import StructuredOutputCheck
 from tpworker.vllm_bridge import sampling
 from tpworker.vllm_bridge.openai_server import OpenAIServer
 from tpworker.vllm_bridge.serve_flags import flags_to_variables
@@ -35,18 +36,57 @@ _SERVED_FOR = {
 }
 
 
+def _structured_field(param: str, body: dict) -> str:
+    """The body field that carried a structured-output specification vLLM made: the request names it as
+    structured_outputs, response_format, a forced tool (its parameters' schema) or the Responses API's text."""
+    if "structured_outputs" in body:
+        return param
+    if "response_format" in body:
+        return "response_format"
+    if body.get("tools") and body.get("tool_choice") not in (None, "auto", "none"):
+        return "tool_choice"
+    if isinstance(body.get("text"), dict) and "format" in body["text"]:
+        return "text.format"
+    return param
+
+
 def _located(message: str, param: str | None, body: dict) -> tuple[str, str | None]:
     """vLLM's error message in this worker's terms: its command-line flags as our variables
     (--trust-request-chat-template -> TRUST_REQUEST_CHAT_TEMPLATE), and a grammar that does not
-    compile attributed to the field that carried it."""
+    compile, or a specification the worker refused, attributed to the field that carried it."""
     message = flags_to_variables(message)
     if param and param.startswith("body."):  # vLLM's server locates a field from the HTTP body; a job has no body
         param = param[len("body.") :]
+    if param and param.startswith("structured_outputs."):
+        param = _structured_field(param, body)
+        if not message.startswith(param):
+            message = f"{param}: {message}"
     if param is None and sampling.is_grammar_error(message):
         param = next((f for f in ("response_format", "structured_outputs", "guided_json") if f in body), None)
         if param:
             message = f"{param}: {message}"
     return message, param
+
+
+def _stream_error(text: str) -> dict | None:
+    """The error object of a stream's first event, when the stream begins with one (OpenAI's
+    `data: {"error": {...}}`, Anthropic's `event: error`)."""
+    for line in text.split("\n"):
+        if line.startswith("data: ") and line != "data: [DONE]":
+            try:
+                event = json.loads(line[len("data: ") :])
+            except ValueError:
+                return None
+            error = event.get("error") if isinstance(event, dict) else None
+            return error if isinstance(error, dict) else None
+    return None
+
+
+async def _after(first: str | None, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    if first is not None:
+        yield first
+    async for text in rest:
+        yield text
 
 
 def _served(base: list[str], adapters: dict) -> str:
@@ -66,8 +106,10 @@ class OpenAIRoutes:
         batching: BatchPolicy,
         limits: Limits,
         raw_output: bool = True,
+        structured: StructuredOutputCheck | None = None,
     ):
         self.engine = engine
+        self.structured = structured
         self.limits = limits
         self.model, self.served_names, self.options = model, served_names, options
         self.batching = batching
@@ -90,8 +132,16 @@ class OpenAIRoutes:
                     self.limits.prompt_problem,
                     self.limits.max_output_tokens,
                     prepared,
+                    self._structured_problem,
                 )
         return self._server
+
+    async def _structured_problem(self, structured_outputs, max_tokens: int | None) -> tuple[str, str] | None:
+        """(constraint field, why) when a request's structured-output specification must not reach the engine."""
+        if self.structured is None:
+            return None
+        refusal = await self.structured.problem(structured_outputs, max_tokens)
+        return (refusal.field, refusal.message) if refusal else None
 
     async def adapter(self, name: str | None):
         """The LoRA adapter a native job names: None for the base model (no name, or a served name),
@@ -120,7 +170,13 @@ class OpenAIRoutes:
             yield reply.body
             return
         async with aclosing(reply.events) as events:
-            async for batch in self._batched(events):
+            first = await anext(events, None)
+            if first is not None and (error := _stream_error(first)) is not None:
+                # refused before any output (the worker's structured-output check): the job's one error
+                raise self._error(
+                    request, error.get("code") if isinstance(error.get("code"), int) else 400, {"error": error}, server
+                )
+            async for batch in self._batched(_after(first, events)):
                 yield batch
 
     @staticmethod

@@ -2,7 +2,8 @@
 no exception or traceback reaches RunPod, and the worker keeps serving.
 
 The worker also knows which jobs are in flight, so that it can end them all with an error when the
-engine fails (the watchdog) or when a SIGTERM's grace period runs out (`shutdown`).
+engine fails (the watchdog) or when a SIGTERM's grace period runs out (`shutdown`), and it bounds each
+job's time (REQUEST_TIMEOUT). Whether it takes jobs is its lifecycle's to say (serving/lifecycle.py).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from tpworker.serving.batching import BatchPolicy
 from tpworker.serving.engine import Engine
 from tpworker.serving.errors import JobError, service_unavailable
 from tpworker.serving.jobs import OpenAIRequest, parse_job
+from tpworker.serving.lifecycle import Lifecycle, State
 from tpworker.serving.limits import Limits
 from tpworker.serving.openai_routes import OpenAIRoutes
+from tpworker.serving.structured_check import StructuredOutputCheck
 from tpworker.vllm_bridge import async_engine, openai_server
 
 log = logging.getLogger(__name__)
@@ -63,25 +66,46 @@ async def _until_stopped(outputs: AsyncIterator, stop: asyncio.Future) -> AsyncI
         await outputs.aclose()
 
 
+def timed_out(seconds: float) -> JobError:
+    return JobError(
+        f"The job ran for more than REQUEST_TIMEOUT={seconds:g} s and was stopped (its engine request aborted). "
+        "Ask for fewer tokens, or raise REQUEST_TIMEOUT.",
+        type="RequestTimeoutError",
+        code=408,
+    )
+
+
 class Worker:
-    def __init__(self, engine: Engine, settings: WorkerSettings, openai: OpenAIRoutes, chat: native.ChatOptions):
+    def __init__(
+        self,
+        engine: Engine,
+        settings: WorkerSettings,
+        openai: OpenAIRoutes,
+        chat: native.ChatOptions,
+        lifecycle: Lifecycle | None = None,
+        structured: StructuredOutputCheck | None = None,
+    ):
         self.engine = engine
+        self.structured = structured
         self.settings = settings
         self.openai = openai
         self.chat = chat
         self.default_batching = BatchPolicy.from_settings(settings)
         self.limits = Limits.from_settings(settings)
+        self.lifecycle = lifecycle or Lifecycle()
+        self.lifecycle.on_change(self._state_changed)
         self._in_flight: dict[int, asyncio.Future] = {}  # one stop future per running job
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._refusal: JobError | None = None  # set once the worker takes no more jobs
-        self._loop_started = False
-        self._openai_warmup: asyncio.Task | None = None
+        self._openai_build: asyncio.Task | None = None  # held so that the task is not collected mid-build
         self._idle = asyncio.Event()  # set while no job is in flight
         self._idle.set()
 
     def close(self) -> None:
         """Shut the engine down; the OpenAI serving objects hold it too, so drop them first."""
+        self.lifecycle.post(State.STOPPED, "the worker is shutting down")
+        if self.structured is not None:
+            self.structured.close()
         self.openai.close()
         self.engine.shutdown()
 
@@ -95,11 +119,15 @@ class Worker:
         it, and start the warm-up request and the OpenAI serving layer's build in that loop (vLLM's
         AsyncLLM serves the event loop of its first request only, so neither can run before it).
         Returns the warm-up, which the job loop awaits before it takes a job (None: already started)."""
-        if self._loop_started:
+        if self.lifecycle.state is not State.STARTING:
             return None
-        self._loop_started = True
         self._loop = asyncio.get_running_loop()
+        self.lifecycle.bind(self._loop)
         self._hook_sigterm()
+        if self.structured is not None:
+            self.structured.start()  # its process imports vLLM: seconds, beside the warm-up
+        if self.settings.engine_warmup:
+            self.lifecycle.post(State.WARMING_UP, "the engine is up; one short request before the first job")
         return self._loop.create_task(self.warm_up())
 
     async def warm_up(self) -> None:
@@ -111,7 +139,9 @@ class Worker:
         if self.settings.engine_warmup:
             await asyncio.gather(self._warm_request(), self._prepare_openai())
         else:
-            self._openai_warmup = asyncio.create_task(self._prepare_openai(OPENAI_WARMUP_DELAY_S))
+            self._openai_build = asyncio.create_task(self._prepare_openai(OPENAI_WARMUP_DELAY_S))
+        if self.lifecycle.state in (State.STARTING, State.WARMING_UP):
+            self.lifecycle.post(State.SERVING, "ready for jobs")
         log.info("Start-up timeline: %s.", timeline.TIMELINE.summary())
 
     async def _warm_request(self) -> None:
@@ -151,19 +181,18 @@ class Worker:
     def jobs_in_flight(self) -> int:
         return len(self._in_flight)
 
-    def stop_jobs(self, error: JobError) -> None:
-        """End every in-flight job with `error`, and refuse new ones with it. Any thread."""
-        self._refusal = error
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._fail_in_flight, error)
+    def stop_jobs(self, error: JobError, reason: str = "jobs stopped") -> None:
+        """End every in-flight job with `error`, and refuse new ones with it (the worker stops). Any thread."""
+        self.lifecycle.post(State.STOPPED, reason, error)
 
-    def _fail_in_flight(self, error: JobError) -> None:
-        for stop in self._in_flight.values():
-            if not stop.done():
-                stop.set_exception(error)
+    def _state_changed(self, state: State, error: JobError | None) -> None:
+        if state is State.STOPPED and error is not None:
+            for stop in self._in_flight.values():
+                if not stop.done():
+                    stop.set_exception(error)
 
     def engine_failed(self, reason: str) -> None:
-        self.stop_jobs(service_unavailable(reason))
+        self.stop_jobs(service_unavailable(reason), "the engine failed")
 
     def _hook_sigterm(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -181,13 +210,16 @@ class Worker:
         """SIGTERM: jobs already taken get SHUTDOWN_GRACE_SECONDS to finish; then those still
         running end with an error, so that the job loop can drain and the process exit 0."""
         grace = self.settings.shutdown_grace_seconds
-        log.warning("SIGTERM: finishing %d in-flight job(s) within %g s.", self.jobs_in_flight(), grace)
+        self.lifecycle.post(
+            State.DRAINING, f"SIGTERM: finishing {self.jobs_in_flight()} in-flight job(s) within {grace:g} s"
+        )
         error = service_unavailable(
             f"The worker was stopped and this job did not finish within its {grace:g} s grace period "
             f"(SHUTDOWN_GRACE_SECONDS). Retry the request."
         )
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.call_later, grace, self.stop_jobs, error)
+            reason = f"the {grace:g} s grace period after SIGTERM is over"
+            self._loop.call_soon_threadsafe(self._loop.call_later, grace, self.stop_jobs, error, reason)
 
     # ---------------------------------------------------------------- jobs
 
@@ -200,13 +232,18 @@ class Worker:
 
     async def _run(self, job: Any) -> AsyncIterator:
         job_id = str(job.get("id", "job")) if isinstance(job, dict) else "job"
-        self._loop = self._loop or asyncio.get_running_loop()
-        key, stop = next(self._ids), self._loop.create_future()
+        loop = asyncio.get_running_loop()
+        if self._loop is None or self._loop.is_closed():  # no job loop (tests, handler.py imported): theirs
+            self._loop = loop
+            self.lifecycle.bind(loop)
+        key, stop = next(self._ids), loop.create_future()
         self._in_flight[key] = stop
         self._idle.clear()
+        timeout = self.settings.request_timeout
+        deadline = loop.call_later(timeout, _end, stop, timed_out(timeout))
         try:
-            if self._refusal is not None:
-                raise self._refusal
+            if refusal := self.lifecycle.refusal():
+                raise refusal
             if self.engine.dead:
                 raise service_unavailable(ENGINE_STOPPED)
             request = parse_job(
@@ -232,6 +269,7 @@ class Worker:
                     limits=self.limits,
                     default_max_tokens=self.settings.default_max_tokens,
                     job_id=job_id,
+                    structured=self.structured,
                 )
             async for chunk in _until_stopped(outputs, stop):
                 yield chunk
@@ -246,6 +284,7 @@ class Worker:
             log.exception("Job %s failed", job_id)
             yield JobError(f"Internal error: {type(e).__name__}: {e}", type="InternalServerError", code=500).to_output()
         finally:
+            deadline.cancel()
             del self._in_flight[key]
             if not self._in_flight:
                 self._idle.set()
@@ -255,11 +294,25 @@ class Worker:
                 stop.exception()  # retrieved, so asyncio does not warn about it
 
 
+def _end(stop: asyncio.Future, error: JobError) -> None:
+    if not stop.done():
+        stop.set_exception(error)
+
+
 def build_worker(
-    engine: Engine, settings: WorkerSettings, model: str, served_names: list[str], openai_options: dict
+    engine: Engine,
+    settings: WorkerSettings,
+    model: str,
+    served_names: list[str],
+    openai_options: dict,
+    lifecycle: Lifecycle | None = None,
 ) -> Worker:
     """The worker handler.py runs: native jobs and OpenAI routes over one engine, sharing the
-    chat template options (CHAT_TEMPLATE / CUSTOM_CHAT_TEMPLATE, DEFAULT_CHAT_TEMPLATE_KWARGS)."""
+    chat template options (CHAT_TEMPLATE / CUSTOM_CHAT_TEMPLATE, DEFAULT_CHAT_TEMPLATE_KWARGS) and the
+    structured-output check (STRUCTURED_OUTPUT_TIMEOUT)."""
+    # (the fake engine of the fast tests has no vLLM configuration, and no structured output to check)
+    config = engine.vllm_config
+    structured = StructuredOutputCheck(config, settings.structured_output_timeout) if config is not None else None
     openai = OpenAIRoutes(
         engine,
         model,
@@ -268,9 +321,10 @@ def build_worker(
         BatchPolicy.from_settings(settings),
         Limits.from_settings(settings),
         settings.raw_openai_output,
+        structured,
     )
     chat = native.ChatOptions(
         template=openai_server.load_chat_template(openai_options.get("chat_template")),
         template_kwargs=dict(openai_options.get("default_chat_template_kwargs") or {}),
     )
-    return Worker(engine, settings, openai, chat)
+    return Worker(engine, settings, openai, chat, lifecycle, structured)

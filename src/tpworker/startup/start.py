@@ -15,6 +15,7 @@ from tpworker.startup.plan import StartPlan
 
 if TYPE_CHECKING:  # imported when the worker starts: they import vLLM
     from tpworker.serving.engine import Engine
+    from tpworker.serving.lifecycle import Lifecycle
     from tpworker.serving.watchdog import Watchdog
     from tpworker.serving.worker import Worker
 
@@ -33,11 +34,13 @@ class StartedWorker:
         self.worker.close()
 
 
-def start_worker(settings: Settings, plan: StartPlan, *, watched: bool = True) -> StartedWorker:
+def start_worker(
+    settings: Settings, plan: StartPlan, *, watched: bool = True, lifecycle: Lifecycle | None = None
+) -> StartedWorker:
     """Start the engine and build the worker on it (raises EngineStartError). `watched`: run the
     watchdog, which exits the process when the engine fails (tests that run the worker inside the
-    test process leave it off; the tests that kill engine processes run handler.py itself)."""
-    from tpworker.serving.engine import Engine
+    test process leave it off; the tests that kill engine processes run handler.py itself).
+    `lifecycle`: the worker's state machine, in its starting state (a new one when None)."""
     from tpworker.serving.watchdog import Watchdog
     from tpworker.serving.worker import build_worker
     from tpworker.vllm_bridge import openai_server
@@ -49,8 +52,8 @@ def start_worker(settings: Settings, plan: StartPlan, *, watched: bool = True) -
     def prepare_openai_layer(model_config) -> openai_server.PreparedApp | None:
         return openai_server.prepare(model_config, chat_template, plan.model, plan.served_names, plan.openai_options)
 
-    engine = Engine.start(plan.engine_args, plan.environment, beside_start=prepare_openai_layer)
-    worker = build_worker(engine, settings.worker, plan.model, plan.served_names, plan.openai_options)
+    engine = start_engine(settings, plan, prepare_openai_layer)
+    worker = build_worker(engine, settings.worker, plan.model, plan.served_names, plan.openai_options, lifecycle)
     timeline.mark("worker built")
     _log_start_time(settings, plan)
     watchdog = None
@@ -58,6 +61,42 @@ def start_worker(settings: Settings, plan: StartPlan, *, watched: bool = True) -
         watchdog = Watchdog(engine, worker, settings.worker.engine_stall_timeout)
         watchdog.start()
     return StartedWorker(engine, worker, watchdog)
+
+
+def start_engine(settings: Settings, plan: StartPlan, beside_start) -> Engine:
+    """The engine, started from the plan; when vLLM refuses it for want of KV cache or memory and its
+    message says which setting to lower (START_MEMORY_RETRY), started once more with that setting lowered,
+    and a warning that says how to set it for good."""
+    from tpworker.serving.engine import Engine, EngineStartError, kill_engine_processes
+
+    try:
+        return Engine.start(plan.engine_args, plan.environment, beside_start=beside_start)
+    except EngineStartError as e:
+        fix = e.memory_fix
+        if fix is None:
+            raise
+        variable = settings.engine_source(fix.argument)
+        setting = f"{variable}={fix.value}"
+        if variable in ("VLLM_CONFIG_FILE", "VLLM_EXTRA_ARGS"):  # set there as vllm serve's option
+            setting = f"{fix.argument.replace('_', '-')} {fix.value} in {variable}"
+        if not settings.worker.start_memory_retry:
+            e.args = (f"{e} Set {setting}, because {fix.why} (START_MEMORY_RETRY=true would do so at start).",)
+            raise
+        before = plan.engine_args.get(fix.argument)
+        log.warning(
+            "vLLM could not start: %s. Starting once more with %s (was %s), because %s. Set it so to start "
+            "without this retry (START_MEMORY_RETRY=false fails the start instead).",
+            e.failure,
+            setting,
+            "vLLM's default" if before is None else before,
+            fix.why,
+        )
+        kill_engine_processes()  # what the failed start left, so that its memory is free
+        try:
+            return Engine.start({**plan.engine_args, fix.argument: fix.value}, plan.environment, beside_start)
+        except EngineStartError as again:
+            again.args = (f"{again} (after a retry with {setting}; the first start: {e.failure})",)
+            raise
 
 
 def _log_start_time(settings: Settings, plan: StartPlan) -> None:

@@ -63,7 +63,12 @@ async def call_asgi(app, method: str, path: str, body: dict | None, headers: dic
             await messages.put({"type": "http.response.body", "body": b"", "more_body": False})
 
     task = asyncio.ensure_future(run())
-    start = await messages.get()
+    try:
+        start = await messages.get()
+    except asyncio.CancelledError:  # the caller gave up before the answer began: a client that went away
+        gone.set()
+        task.cancel()  # cancels vLLM's handler, which aborts its engine request
+        raise
     if start["type"] == "error":
         gone.set()
         raise start["error"]

@@ -3,9 +3,10 @@ called in process (no HTTP hop)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -114,15 +115,69 @@ class OpenAIReply:
     events: AsyncIterator[str] | None = None
 
 
+# (structured outputs, max_tokens) -> (constraint field, why it is refused), or None: serving.structured_check
+StructuredProblem = Callable[[Any, "int | None"], Awaitable["tuple[str, str] | None"]]
+
+
+def _no_structured_problem(structured_outputs, max_tokens):
+    async def none():
+        return None
+
+    return none()
+
+
+@functools.cache
+def _refusal_type() -> type:
+    from vllm.exceptions import VLLMValidationError
+
+    class StructuredOutputRefused(VLLMValidationError):
+        """vLLM's own request error (a 400 naming the parameter), marked as the worker's refusal."""
+
+        tpworker_refusal = True
+
+    return StructuredOutputRefused
+
+
+def structured_refusal(field: str, message: str) -> Exception:
+    """A structured-output specification the worker refuses, raised where vLLM's serving objects map it
+    to a 400 naming `structured_outputs.<field>`; their stream generators do not log it (quiet_refusals)."""
+    return _refusal_type()(message, parameter=f"structured_outputs.{field}")
+
+
+class _QuietRefusals(logging.Filter):
+    """vLLM's stream generators log every error with its traceback; the worker's refusals are not faults."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not getattr(error, "tpworker_refusal", False)
+
+
+def quiet_refusals() -> None:
+    """Keep the worker's refusals out of vLLM's serving modules' error logs (each has its own logger)."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("vllm.entrypoints."):
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, _QuietRefusals) for f in logger.filters):
+                logger.addFilter(_QuietRefusals())
+
+
 class LimitedEngineClient:
     """The AsyncLLM as vLLM's OpenAI serving objects see it, with this worker's limits applied to
     each request once vLLM has tokenized it: the prompt length is exact (chat template, tools and
     all), and a max_tokens vLLM defaulted is capped at MAX_OUTPUT_TOKENS (an explicit one over it
-    was refused before, by name). Everything else is the AsyncLLM's own."""
+    was refused before, by name); a structured-output specification passes the worker's check
+    (`structured_problem`) before the engine gets it. Everything else is the AsyncLLM's own."""
 
-    def __init__(self, llm, prompt_problem: Callable[[int], str | None], max_output_tokens: int | None):
+    def __init__(
+        self,
+        llm,
+        prompt_problem: Callable[[int], str | None],
+        max_output_tokens: int | None,
+        structured_problem: StructuredProblem = _no_structured_problem,
+    ):
         self._llm = llm
         self._prompt_problem, self._max_output_tokens = prompt_problem, max_output_tokens
+        self._structured_problem = structured_problem
 
     def __getattr__(self, name):
         return getattr(self._llm, name)
@@ -137,7 +192,18 @@ class LimitedEngineClient:
         cap = self._max_output_tokens
         if cap is not None and getattr(sampling_params, "max_tokens", None) is not None:
             sampling_params.max_tokens = min(sampling_params.max_tokens, cap)
+        if getattr(sampling_params, "structured_outputs", None) is not None:
+            return self._checked_generate(prompt, sampling_params, request_id, *args, **kwargs)
         return self._llm.generate(prompt, sampling_params, request_id, *args, **kwargs)
+
+    async def _checked_generate(self, prompt, sampling_params, request_id, *args, **kwargs):
+        """The engine's outputs once the specification has passed the check (vLLM's serving objects
+        iterate this; a refusal is raised at the first step, before any output)."""
+        if problem := await self._structured_problem(sampling_params.structured_outputs, sampling_params.max_tokens):
+            raise structured_refusal(*problem)
+        async with aclosing(self._llm.generate(prompt, sampling_params, request_id, *args, **kwargs)) as outputs:
+            async for output in outputs:
+                yield output
 
     def encode(self, prompt, pooling_params, request_id, *args, **kwargs):
         self._check_prompt(prompt)
@@ -163,6 +229,7 @@ class OpenAIServer:
         prompt_problem: Callable[[int], str | None] = lambda prompt_tokens: None,
         max_output_tokens: int | None = None,
         prepared: PreparedApp | None = None,
+        structured_problem: StructuredProblem = _no_structured_problem,
     ) -> OpenAIServer:
         """Call inside the event loop that serves jobs (the engine binds to it). The worker's limits:
         `prompt_problem(prompt tokens)` says why a rendered prompt is refused (None: it is not), and
@@ -173,9 +240,10 @@ class OpenAIServer:
         from vllm import envs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 
-        llm = LimitedEngineClient(llm, prompt_problem, max_output_tokens)
+        llm = LimitedEngineClient(llm, prompt_problem, max_output_tokens, structured_problem)
         tasks = tuple(await llm.get_supported_tasks())
         app, args = application(prepared, tasks, llm.model_config, model, served_names, options)
+        quiet_refusals()  # the serving modules are imported by now
         # the engine's final structured-output settings (REASONING_PARSER ends up there)
         args.structured_outputs_config = llm.vllm_config.structured_outputs_config
         await init_app_state(llm, app.state, args, supported_tasks=tasks)

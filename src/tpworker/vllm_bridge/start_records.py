@@ -3,7 +3,9 @@
 vLLM applies its logging configuration (VllmConfig.logging_config) in every process it starts: the
 engine core and each rank. Given a configuration that is vLLM's default plus one more handler, each
 of those processes also appends the records that mark a start phase (START_MESSAGES) to one file, one
-JSON object a line, which the worker reads once the engine is ready. The message texts are vLLM
+JSON object a line, which the worker reads once the engine is ready; and the errors that ended a start
+(a record logged with its exception, e.g. "EngineCore failed to start." with vLLM's ValueError), whose
+words say why the engine did not start (`StartRecords.failure`). The message texts are vLLM
 0.32's (the pinned release); a record that stops matching after an upgrade drops its phase from the
 timeline (tests/test_start_timeline.py checks each against a real start).
 
@@ -50,6 +52,8 @@ START_MESSAGES = {
 
 class StartRecordFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.exc_info and record.exc_info[1] is not None:
+            return True
         message = record.getMessage()
         return any(pattern.search(message) for pattern in START_MESSAGES.values())
 
@@ -57,8 +61,17 @@ class StartRecordFilter(logging.Filter):
 class JsonLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         process = getattr(record, "vllm_process_name", None) or record.processName
-        message = record.getMessage()
-        return json.dumps({"at": record.created, "pid": record.process, "process": process, "message": message})
+        entry = {"at": record.created, "pid": record.process, "process": process, "message": record.getMessage()}
+        if record.exc_info and record.exc_info[1] is not None:
+            entry["error"] = " ".join(_exception_text(record.exc_info[1]).split())
+        return json.dumps(entry)
+
+
+def _exception_text(error: BaseException) -> str:
+    """'ValueError: ...': the exception as Python's last traceback line says it."""
+    import traceback
+
+    return "".join(traceback.format_exception_only(type(error), error)).strip()
 
 
 @dataclass(frozen=True)
@@ -108,6 +121,10 @@ class StartRecords:
     def marks(self, ranks: int) -> list[tuple[str, float, str]]:
         return timeline_marks(self.read(), ranks)
 
+    def failure(self) -> str | None:
+        """The exception that ended the start in one of vLLM's processes ('ValueError: ...'), if one was logged."""
+        return _first_error(self.path.read_text().splitlines() if self.path.exists() else [])
+
     def remove(self) -> None:
         for path in (self.path, self.config_path):
             path.unlink(missing_ok=True)
@@ -127,12 +144,20 @@ def recordable(engine_args) -> str | None:
     return None
 
 
-def _parse(lines: list[str]) -> Iterator[StartRecord]:
+def _entries(lines: list[str]) -> Iterator[dict]:
     for line in lines:
         try:
-            entry = json.loads(line)
+            yield json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a process killed while writing
             continue
+
+
+def _first_error(lines: list[str]) -> str | None:
+    return next((entry["error"] for entry in _entries(lines) if entry.get("error")), None)
+
+
+def _parse(lines: list[str]) -> Iterator[StartRecord]:
+    for entry in _entries(lines):
         for phase, pattern in START_MESSAGES.items():
             if found := pattern.search(entry["message"]):
                 yield StartRecord(phase, entry["at"], entry["process"], found.groupdict())
@@ -204,6 +229,9 @@ def _per_rank(gib: float, seconds: float) -> str:
 class _NoRecords:
     def marks(self, ranks: int) -> list[tuple[str, float, str]]:
         return []
+
+    def failure(self) -> None:
+        return None
 
 
 @contextmanager
