@@ -5,9 +5,10 @@ compiles and walks them inside its engine step). One that accepts no token, or t
 with vLLM's words. What passed is remembered (and what was refused), so a specification is tried once.
 
 One probe process, one specification at a time: a costly one holds the others back by at most the limit.
-The process starts with the job loop (seconds: it imports vLLM and loads the tokenizer). From the first
-kill on, a spare is kept started, so that the next specification does not wait for a new process; a job
-that does wait for one (the first, or after kills in a row) does not have that wait counted in its limit.
+The process starts once the worker has warmed up. Probe processes are forked from multiprocessing's fork
+server, which imports vLLM's structured-output modules once (seconds of a core), so a new one only loads the
+tokenizer. From the first kill on, a spare is kept started, so that the next specification does not wait
+for a new process; a job that does wait for one (the first) does not have that wait counted.
 """
 
 from __future__ import annotations
@@ -38,11 +39,19 @@ class Refusal:
     message: str
 
 
+def _context():
+    """Processes forked from a fork server (started on first use, single-threaded, with the probe's modules
+    imported once: grammar_probe.PRELOAD), not from the worker itself, whose threads a fork would copy."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(grammar_probe.PRELOAD)
+    return context
+
+
 class ProbeProcess:
     """The probe process and its connection; asked one specification at a time."""
 
     def __init__(self, vllm_config):
-        context = multiprocessing.get_context("spawn")  # vLLM's own processes start the same way
+        context = _context()
         self.connection, child = context.Pipe()
         self.process = context.Process(
             target=grammar_probe.serve, args=(child, vllm_config), name="tpworker-grammar-probe", daemon=True

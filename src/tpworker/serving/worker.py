@@ -124,8 +124,6 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self.lifecycle.bind(self._loop)
         self._hook_sigterm()
-        if self.structured is not None:
-            self.structured.start()  # its process imports vLLM: seconds, beside the warm-up
         if self.settings.engine_warmup:
             self.lifecycle.post(State.WARMING_UP, "the engine is up; one short request before the first job")
         return self._loop.create_task(self.warm_up())
@@ -142,6 +140,8 @@ class Worker:
             self._openai_build = asyncio.create_task(self._prepare_openai(OPENAI_WARMUP_DELAY_S))
         if self.lifecycle.state in (State.STARTING, State.WARMING_UP):
             self.lifecycle.post(State.SERVING, "ready for jobs")
+        if self.structured is not None:
+            self.structured.start()  # its process imports vLLM (seconds of a core): after the warm-up, not beside
         log.info("Start-up timeline: %s.", timeline.TIMELINE.summary())
 
     async def _warm_request(self) -> None:

@@ -35,6 +35,8 @@ FIELD_OF_KIND = {
     "STRUCTURAL_TAG": "structural_tag",
 }
 ACCEPTS_NOTHING = "accepts no token: no text can match it"
+# What a probe process imports, imported once by the fork server its processes are forked from.
+PRELOAD = [__name__, "vllm.sampling_params", "vllm.v1.structured_output.backend_xgrammar"]
 WALKS = 3  # one that stays open, then random ones (seeded by the specification: the same every time)
 CANDIDATES = 4  # tokens tried at each step of the walk that stays open
 
