@@ -30,6 +30,13 @@ def test_no_gpu_and_no_dtype_runs_in_float32_and_says_why(models, caplog):
     assert args["enforce_eager"] is True
 
 
+def test_a_long_prompt_is_prefilled_in_small_steps_unless_the_user_chose(models):
+    from tpworker.config.variables import CPU_LONG_PREFILL_TOKENS
+
+    assert engine_args(models)["long_prefill_token_threshold"] == CPU_LONG_PREFILL_TOKENS
+    assert engine_args(models, LONG_PREFILL_TOKEN_THRESHOLD="0")["long_prefill_token_threshold"] == 0
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "auto", "float16"])
 def test_a_users_dtype_is_kept(models, caplog, dtype):
     with caplog.at_level(logging.INFO, logger="tpworker.startup.engine_args"):

@@ -117,6 +117,10 @@ def test_secrets_are_masked():
     assert masked("HF_TOKEN", "hf_abc") == "***"
     assert masked("RUNPOD_AI_API_KEY", "k") == "***"
     assert masked("MODEL_NAME", "org/model") == "org/model"
+    for name in ("RAY_AUTH_TOKEN", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "MY_SECRET_THING", "VLLM_API_KEY"):
+        assert masked(name, "s3cr3t") == "***", name
+    for name in ("MAX_NUM_BATCHED_TOKENS", "LONG_PREFILL_TOKEN_THRESHOLD", "TOKENIZER_POOL_SIZE", "KEY_VALUE_X"):
+        assert masked(name, "512") == "512", name  # counts and sizes of tokens are not secrets
     (line,) = problems({"MAX_CONCURRENCY": "x", "HF_TOKEN": "hf_secret"})
     assert "hf_secret" not in line
 

@@ -40,8 +40,11 @@ OTHER_VARIABLES = {
     "VLLM_EXTRA_ARGS": "`vllm serve` flags, e.g. `--max-num-seqs 64 --enable-prefix-caching` (as worker-vllm reads "
     "them): the last word, over the variables and VLLM_CONFIG_FILE. Server-only flags (host, port) are left out.",
 }
-# Variables whose values never reach a log line or an error.
-SECRET_MARKERS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
+# Variables whose values never reach a log line or an error: a name whose last word is one of these
+# (HF_TOKEN, RUNPOD_AI_API_KEY, RAY_AUTH_TOKEN), or that holds SECRET or PASSWORD anywhere. Not a name that
+# only counts or sizes tokens (MAX_NUM_BATCHED_TOKENS, LONG_PREFILL_TOKEN_THRESHOLD, TOKENIZER_POOL_SIZE).
+SECRET_LAST_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASS", "CREDENTIALS")
+SECRET_WORDS = ("SECRET", "PASSWORD")
 
 # worker-vllm's names for engine arguments; each is an alternative to the vLLM name.
 ALIASES = {
@@ -213,7 +216,8 @@ def variables_for(field_name: str) -> list[str]:
 
 
 def is_secret(variable: str) -> bool:
-    return any(marker in variable.upper() for marker in SECRET_MARKERS)
+    name = variable.upper()
+    return name.split("_")[-1] in SECRET_LAST_WORDS or any(word in name for word in SECRET_WORDS)
 
 
 def masked(variable: str, value: str) -> str:
@@ -227,3 +231,7 @@ def masked(variable: str, value: str) -> str:
 CPU_DTYPE = "float32"
 # Otherwise vLLM's CPU build reserves GPU_MEMORY_UTILIZATION (92%) of the machine's memory.
 CPU_KV_CACHE_BYTES = 2 * 1024**3
+# A step prefills at most this many tokens of a long prompt while other requests run (vLLM's
+# long_prefill_token_threshold): on a CPU a step that prefills a whole context takes seconds, and every stream on
+# the engine waits for it. The long prompt's own first token comes later instead (README, "Fairness").
+CPU_LONG_PREFILL_TOKENS = 16

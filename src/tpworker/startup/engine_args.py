@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from tpworker.config.settings import Settings
-from tpworker.config.variables import CPU_DTYPE, CPU_KV_CACHE_BYTES
+from tpworker.config.variables import CPU_DTYPE, CPU_KV_CACHE_BYTES, CPU_LONG_PREFILL_TOKENS
 from tpworker.planning import hardware
 from tpworker.planning.parallel import ParallelPlan
 from tpworker.startup.layout import Layout, ModelChoice, StartError
@@ -70,6 +70,13 @@ def cpu_defaults(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:
         log.info(
             "No GPU: KV cache of %d GiB per rank (set VLLM_CPU_KVCACHE_SPACE=<GiB> to change).",
             CPU_KV_CACHE_BYTES // 1024**3,
+        )
+    if "long_prefill_token_threshold" not in args:
+        defaults["long_prefill_token_threshold"] = CPU_LONG_PREFILL_TOKENS
+        log.info(
+            "No GPU: a long prompt is prefilled %d tokens a step while other requests run, so that it does not stall "
+            "them (set LONG_PREFILL_TOKEN_THRESHOLD to change; 0: no limit).",
+            CPU_LONG_PREFILL_TOKENS,
         )
     return defaults
 
