@@ -40,6 +40,17 @@ def route_list(text: str) -> tuple[str, ...]:
     return tuple(r for r in ROUTE_ORDER if r in chosen)
 
 
+FAIRNESS = ("regex", "deep-json", "context-limit", "n-max-tokens")  # bench/fairness_jobs.py's hostile scenarios
+
+
+def fairness_list(text: str) -> tuple[str, ...]:
+    names = tuple(part for part in text.replace(" ", "").split(",") if part)
+    unknown = [name for name in names if name not in FAIRNESS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or text!r}: give one or more of {', '.join(FAIRNESS)}")
+    return names
+
+
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -113,6 +124,36 @@ def add_arguments(bench: argparse.ArgumentParser) -> None:
         "warm-up per TP size, interleaved, each followed by 10 requests one after another; prints each start "
         "phase's time (median), the first job's time to first token against jobs 2-10, and what the worker adds",
     )
-    bench.add_argument("--name", help="results folder name (default: model, TP sizes and time)")
+    bench.add_argument(
+        "--fairness",
+        action="store_true",
+        help="instead of rounds: whether one hostile request in flight (a regex of nested quantifiers, a deeply "
+        "nested JSON schema, prompts at the context limit, n x max_tokens at the limits) slows valid jobs down, "
+        "through `tpworker dev` at the first --tp size; writes fairness.json and fairness.md",
+    )
+    bench.add_argument(
+        "--fairness-jobs",
+        type=positive,
+        default=24,
+        metavar="N",
+        help="valid jobs per --fairness scenario, sent by 4 clients (default 24)",
+    )
+    bench.add_argument(
+        "--fairness-head-start",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="seconds a single hostile request runs alone before the valid load starts (its cost grows as it "
+        "runs; default 20)",
+    )
+    bench.add_argument(
+        "--fairness-only",
+        type=fairness_list,
+        metavar="NAMES",
+        help=f"run these hostile scenarios only (and the baselines), e.g. context-limit; of {', '.join(FAIRNESS)}",
+    )
+    bench.add_argument(
+        "--name", help="results folder name (default: model, TP sizes and time; --fairness: fairness-<CPU>)"
+    )
     bench.add_argument("--out", default="results/bench", help="where result folders go (default results/bench)")
     bench.add_argument("--handler", help="the worker's handler.py (default: ./handler.py, else the repository's)")

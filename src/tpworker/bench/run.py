@@ -287,6 +287,10 @@ def main(options: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         console.print(f"tpworker bench: {e}")
         return 2
+    if options.fairness:
+        from tpworker.bench import fairness
+
+        return fairness.main(options, console)
     load = machine.LoadWatch()
     console.print("Planning the engines (imports vLLM) ...")
     plans = {}
