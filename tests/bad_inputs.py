@@ -157,6 +157,19 @@ NATIVE = [
     ),
 ]
 
+LOCAL_FILE = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}]
+METADATA_URL = "http://169.254.169.254/latest/meta-data/"  # a cloud's instance metadata service
+METADATA = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": METADATA_URL}}]}]
+NATIVE += [
+    ("model names a path", {"prompt": "Hi", "model": "/etc/passwd"}, ["model", "/etc/passwd", "not served"]),
+    (
+        "allowed token id out of the vocabulary",
+        sampling(allowed_token_ids=[999999]),
+        ["sampling_params.allowed_token_ids", "out-of-vocab"],
+    ),
+    ("content part with a local file url", {"messages": LOCAL_FILE}, ["messages", "not a multimodal model"]),
+]
+
 # OpenAI form: {"openai_route", "openai_input"}, what RunPod's /openai/v1 gateway sends.
 OPENAI = [
     ("unknown route", {"openai_route": "/v1/embed", "openai_input": {}}, ["/v1/embed'", "Accepted"]),
@@ -189,6 +202,21 @@ OPENAI = [
         ["max_tokens", "MAX_OUTPUT_TOKENS"],
     ),
     ("route is a number", {"openai_route": 5, "openai_input": {}}, ["openai_route"]),
+    # vLLM's server registers these only in its dev mode or with flags; a job cannot reach them
+    ("route form: the sleep route", {"route": "/sleep", "body": {}}, ["/sleep'", "Accepted"]),
+    ("route form: collective_rpc", {"route": "/collective_rpc", "body": {"method": "x"}}, ["/collective_rpc'"]),
+    ("route form: scale_elastic_ep", {"route": "/scale_elastic_ep", "body": {}}, ["/scale_elastic_ep'"]),
+    (
+        "route form: load a LoRA adapter from a path",
+        {"route": "/v1/load_lora_adapter", "body": {"lora_name": "x", "lora_path": "/etc"}},
+        ["/v1/load_lora_adapter'", "Accepted"],
+    ),
+    ("route form: a path with ..", {"route": "/v1/../tokenize", "body": {"prompt": "Hi"}}, ["/v1/../tokenize'"]),
+    ("route form: a route with a query", {"route": "/v1/models?x=1", "method": "GET"}, ["/v1/models?x=1'"]),
+    ("model names a path", chat(model="../../etc/passwd"), ["../../etc/passwd", "does not exist"]),
+    ("prompt token id out of the vocabulary", completion(prompt=[999999]), ["999999", "out of vocabulary"]),
+    ("content part with a local file url", chat(messages=LOCAL_FILE), ["not a multimodal model"]),
+    ("content part with a metadata url", chat(messages=METADATA), ["not a multimodal model"]),
     ("body is a string", {"openai_route": "/v1/chat/completions", "openai_input": "Hi"}, ["openai_input"]),
     ("body is missing", {"openai_route": "/v1/chat/completions"}, ["openai_input"]),
     ("field beside the route", {**chat(), "extra": 1}, ["extra"]),

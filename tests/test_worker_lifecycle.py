@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from fake_engine import FakeEngine
 from test_worker_fast import collect, make_worker, run
 
@@ -113,3 +114,28 @@ def test_a_refused_worker_answers_every_job_of_either_form_with_the_cause():
             "The worker cannot start: MAX_N='many' is not valid: not a number. Accepted: an integer."
         )
     assert life.state is State.REFUSED and refused.concurrency() >= 1
+
+
+def test_which_refused_starts_keep_a_worker_on_runpod_up(monkeypatch):
+    """Weights too big for the GPUs (the planner's own refusal, on Llama-3-70B's real config): no GPU here to
+    start the worker with, so the decision is checked on its own; the other classes run end to end in
+    tests/test_refused_start.py."""
+    from test_planner import GiB, MemoryModel, facts
+
+    from tpworker.app import _serves_refusal
+    from tpworker.errors import StartRefused
+    from tpworker.planning.preflight import PreflightError, memory_findings
+
+    with pytest.raises(PreflightError) as too_big:
+        memory_findings(MemoryModel(facts("llama-3-70b-instruct")), 1, 1, 80 * GiB, 0.92, 8192, 30, 8)
+    assert not too_big.value.retryable
+    monkeypatch.setenv("RUNPOD_WEBHOOK_GET_JOB", "http://runpod/job-take")
+    monkeypatch.delenv("ON_REFUSED_START", raising=False)
+    assert _serves_refusal(too_big.value, [])
+    assert not _serves_refusal(StartRefused("the hub did not answer", retryable=True), [])
+    assert not _serves_refusal(too_big.value, ["--test_input", "{}"])
+    monkeypatch.setenv("ON_REFUSED_START", "exit")
+    assert not _serves_refusal(too_big.value, [])
+    monkeypatch.delenv("RUNPOD_WEBHOOK_GET_JOB")
+    monkeypatch.delenv("ON_REFUSED_START")
+    assert not _serves_refusal(too_big.value, [])  # not on RunPod: exit 2 as before
