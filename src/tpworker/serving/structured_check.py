@@ -5,10 +5,12 @@ compiles and walks them inside its engine step). One that accepts no token, or t
 with vLLM's words. What passed is remembered (and what was refused), so a specification is tried once.
 
 One probe process, one specification at a time: a costly one holds the others back by at most the limit.
-The process starts once the worker has warmed up. Probe processes are forked from multiprocessing's fork
-server, which imports vLLM's structured-output modules once (seconds of a core), so a new one only loads the
-tokenizer. From the first kill on, a spare is kept started, so that the next specification does not wait
-for a new process; a job that does wait for one (the first) does not have that wait counted.
+Probe processes are forked from multiprocessing's fork server, which imports vLLM's structured-output
+modules once (seconds of a core): the worker starts it before the engine (start_fork_server), so that those
+seconds overlap the engine's start rather than the first jobs, and a probe process, forked once the worker has
+warmed up, only loads the tokenizer (a second). From the first kill on, a spare is kept started, so that the
+next specification does not wait for a new process; a job that does wait for one (the first) does not have
+that wait counted.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ class Refusal:
 
     field: str  # regex, json, grammar, choice, json_object, structural_tag
     message: str
+
+
+def start_fork_server() -> None:
+    """Start the fork server the probe processes come from, now: its imports run beside what the caller does
+    next (the engine's start). Call before any thread changes the environment it inherits."""
+    import multiprocessing.forkserver
+
+    _context()
+    multiprocessing.forkserver.ensure_running()
 
 
 def _context():

@@ -41,6 +41,7 @@ def start_worker(
     watchdog, which exits the process when the engine fails (tests that run the worker inside the
     test process leave it off; the tests that kill engine processes run handler.py itself).
     `lifecycle`: the worker's state machine, in its starting state (a new one when None)."""
+    from tpworker.serving import structured_check
     from tpworker.serving.watchdog import Watchdog
     from tpworker.serving.worker import build_worker
     from tpworker.vllm_bridge import openai_server
@@ -52,6 +53,7 @@ def start_worker(
     def prepare_openai_layer(model_config) -> openai_server.PreparedApp | None:
         return openai_server.prepare(model_config, chat_template, plan.model, plan.served_names, plan.openai_options)
 
+    structured_check.start_fork_server()  # imports for the structured-output probe, beside the engine's start
     engine = start_engine(settings, plan, prepare_openai_layer)
     worker = build_worker(engine, settings.worker, plan.model, plan.served_names, plan.openai_options, lifecycle)
     timeline.mark("worker built")
