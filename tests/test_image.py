@@ -144,6 +144,17 @@ def test_the_install_step_keeps_the_bases_vllm_and_adds_the_worker(plain):
     assert "packages, held as they are; the worker adds" in plain.log
 
 
+def test_the_images_vllm_and_sdk_hold_every_internal_the_worker_uses(buildah, plain):
+    """The contract (src/tpworker/contract/) against the image's own vLLM and runpod, as a user trying another
+    VLLM_VERSION would run it."""
+    with buildah.container(PLAIN) as container:
+        done = buildah.run(container, ["python3", "-m", "tpworker.contract"], "contract.log", offline=True)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert output.splitlines()[0].startswith("vLLM 0.32.0"), output[:500]
+    assert re.search(r"^\d+ ok, 0 moved$", output, re.MULTILINE), output[-2000:]
+
+
 def test_the_gated_model_is_baked_with_the_secret_token(baked):
     assert f"Downloading {REPO}" in baked.log, baked.log[-3000:]
     assert f"serves {REPO} at commit {baked.commit[:12]}" in baked.log

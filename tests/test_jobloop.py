@@ -11,11 +11,9 @@ test_dev_endpoint.py and the bench.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import pickle
 
 import pytest
-import runpod.serverless.worker
 from runpod.serverless.modules import rp_scale
 from runpod.serverless.modules.worker_state import Job, JobsProgress
 
@@ -177,36 +175,6 @@ def test_a_failing_job_take_backs_off_instead_of_spinning():
         assert 2 <= calls <= 5, calls
 
     asyncio.run(scenario())
-
-
-def test_the_sdk_still_has_the_shape_this_replaces():
-    """A runpod upgrade that renames or reshapes what jobloop overrides fails here, not in production."""
-    base = rp_scale.JobScaler
-    for name, parameters in {
-        "get_jobs": ["self", "session"],
-        "run_jobs": ["self", "session"],
-        "handle_job": ["self", "session", "job"],
-        "run": ["self"],
-        "kill_worker": ["self"],
-        "set_scale": ["self"],
-    }.items():
-        assert list(inspect.signature(getattr(base, name)).parameters) == parameters, name
-    scaler = base({})
-    for attribute in (
-        "jobs_queue",
-        "job_progress",
-        "jobs_tasks",
-        "jobs_fetcher",
-        "jobs_fetcher_timeout",
-        "current_concurrency",
-        "config",
-    ):
-        assert hasattr(scaler, attribute), attribute
-    # The job set's file, which the loop stops it from loading and saving.
-    for name in ("_load_state", "_save_state", "_STATE_FILE"):
-        assert hasattr(JobsProgress, name), name
-    # run_worker looks JobScaler up on the module when it starts, which is what install() relies on.
-    assert "rp_scale.JobScaler(" in inspect.getsource(runpod.serverless.worker.run_worker)
 
 
 def test_install_makes_the_sdk_build_this_loop(monkeypatch):
