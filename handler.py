@@ -6,11 +6,13 @@ loop, or a single local job with `--test_input '<json>'` / test_input.json (see 
 (RunPod's local tools, your own tests), the first call to `handler` starts the worker."""
 
 import sys
+from collections.abc import AsyncIterator
+from typing import Any
 
 from tpworker import app
 
 
-async def handler(job):
+async def handler(job: dict[str, Any]) -> AsyncIterator[Any]:
     async for chunk in app.handle(job):
         yield chunk
 

@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         args.ray_args = ray_args
     # Once, for every command, secrets redacted: commands that report and exit log plain lines.
     configure_logging(COMMAND_FORMAT if args.command in ("plan", "download", "download-adapters") else SERVICE_FORMAT)
-    return args.run(args)
+    status: int = args.run(args)
+    return status
 
 
 if __name__ == "__main__":

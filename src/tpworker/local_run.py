@@ -5,10 +5,11 @@ the text of each choice. Returns the exit status: 0 on success, 1 if the job fai
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 
-def _texts(chunks: list) -> list[str]:
+def _texts(chunks: list[Any]) -> list[str]:
     """Each choice's whole text, joined from native chunks (empty for other output shapes)."""
     texts: list[str] = []
     for chunk in chunks:
@@ -21,9 +22,9 @@ def _texts(chunks: list) -> list[str]:
     return texts
 
 
-async def run_local_job(handler: Callable, job: dict) -> int:
+async def run_local_job(handler: Callable[[dict[str, Any]], AsyncIterator[Any]], job: dict[str, Any]) -> int:
     print(f"--- job: {json.dumps(job)}", flush=True)
-    chunks = []
+    chunks: list[Any] = []
     failed = False
     async for chunk in handler(job):
         chunks.append(chunk)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import psutil
 
@@ -64,7 +65,7 @@ class StartTimeline:
             previous = max(previous, m.at)
         return out
 
-    def as_dicts(self) -> list[dict]:
+    def as_dicts(self) -> list[dict[str, Any]]:
         return [asdict(p) for p in self.phases()]
 
     def summary(self) -> str:

@@ -23,7 +23,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
 from tpworker.config.logs import configure_logging
 from tpworker.config.settings import ClusterEnvironment, Settings, load_cluster_environment, load_settings
@@ -85,7 +88,8 @@ def this_node(settings: Settings, env: ClusterEnvironment, node_ip: str | None, 
         import ray.util
 
         # The address this node reaches `toward` from (the head, for a joining node).
-        ip = ray.util.get_node_ip_address(toward) if toward else ray.util.get_node_ip_address()
+        node_ip_address: Callable[..., str] = ray.util.get_node_ip_address  # unannotated in Ray
+        ip = node_ip_address(toward) if toward else node_ip_address()
     interface = hardware.network_interface(ip)
     environment = {**auth, "VLLM_HOST_IP": ip}  # vLLM's workers announce this address to each other
     nccl = env.nccl_socket_ifname or interface
@@ -112,7 +116,7 @@ def check_shm(ranks_here: str) -> None:
         log.warning(warning)
 
 
-def ray_start(node: Node, role: list[str], extra: list[str]) -> subprocess.Popen:
+def ray_start(node: Node, role: list[str], extra: list[str]) -> subprocess.Popen[bytes]:
     """`ray start ... --block` as a child: it runs the Ray node until it is told to stop."""
     command = [
         ray_executable(),
@@ -132,7 +136,7 @@ def ray_start(node: Node, role: list[str], extra: list[str]) -> subprocess.Popen
     return subprocess.Popen(command, env={**os.environ, **node.environment})
 
 
-def stop(process: subprocess.Popen | None, what: str, grace: float) -> None:
+def stop(process: subprocess.Popen[bytes] | None, what: str, grace: float) -> None:
     if process is None or process.poll() is not None:
         return
     log.info("Stopping %s.", what)
@@ -144,7 +148,7 @@ def stop(process: subprocess.Popen | None, what: str, grace: float) -> None:
         process.wait()
 
 
-def wait_reachable(address: str, ray: subprocess.Popen | None, timeout: float, what: str) -> None:
+def wait_reachable(address: str, ray: subprocess.Popen[bytes] | None, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not raystate.reachable(address):
         if ray is not None and ray.poll() is not None:
@@ -157,7 +161,7 @@ def wait_reachable(address: str, ray: subprocess.Popen | None, timeout: float, w
 def _terminate_on_sigterm() -> None:
     """SIGTERM (a pod stopping) unwinds like Ctrl-C, so the worker and Ray are stopped in order."""
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
@@ -282,7 +286,7 @@ def join(args: argparse.Namespace) -> int:
         stop(ray, "Ray on this node", 60)
 
 
-def _run(action):
+def _run(action: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         configure_logging()
         try:
@@ -304,7 +308,7 @@ def split_ray_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return list(argv), []
 
 
-def add_commands(commands) -> None:
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`tpworker cluster head|join` on the CLI's subcommands."""
     cluster = commands.add_parser(
         "cluster",

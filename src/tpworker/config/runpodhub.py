@@ -12,7 +12,9 @@ import argparse
 import json
 import sys
 import typing
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from tpworker.config.variables import ALIASES, OTHER_VARIABLES, VLLM_ALIASES, WorkerSettings, variable_name
 
@@ -84,8 +86,15 @@ def _title(key: str) -> str:
     return " ".join(WORDS.get(word, word.capitalize()) for word in key.split("_"))
 
 
-def _input(key: str, kind: str, description: str, default=None, minimum=None, options=()) -> dict:
-    entry: dict = {"name": _title(key), "type": kind, "description": description}
+def _input(
+    key: str,
+    kind: str,
+    description: str,
+    default: object = None,
+    minimum: float | None = None,
+    options: Iterable[object] = (),
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": _title(key), "type": kind, "description": description}
     if options:
         entry["options"] = [{"label": str(o), "value": str(o)} for o in options]
     if default is not None and default != "":
@@ -98,7 +107,7 @@ def _input(key: str, kind: str, description: str, default=None, minimum=None, op
     return {"key": key, "input": entry}
 
 
-def _kind(annotation) -> str:
+def _kind(annotation: object) -> str:
     types = set(typing.get_args(annotation)) or {annotation}
     if bool in types:
         return "boolean"
@@ -107,7 +116,7 @@ def _kind(annotation) -> str:
     return "string"
 
 
-def _choices(annotation) -> tuple:
+def _choices(annotation: object) -> tuple[object, ...]:
     """The values of a Literal[...] (or Literal[...] | None) field, else ()."""
     kinds = [t for t in typing.get_args(annotation) or (annotation,) if t is not type(None)]
     if kinds and all(typing.get_origin(t) is typing.Literal for t in kinds):
@@ -115,7 +124,7 @@ def _choices(annotation) -> tuple:
     return ()
 
 
-def worker_inputs() -> list[dict]:
+def worker_inputs() -> list[dict[str, Any]]:
     entries = []
     for name, info in WorkerSettings.model_fields.items():
         names = [variable_name(name), *(a for a, f in ALIASES.items() if f == name)]
@@ -136,7 +145,7 @@ def worker_inputs() -> list[dict]:
     return entries
 
 
-def engine_inputs() -> list[dict]:
+def engine_inputs() -> list[dict[str, Any]]:
     from tpworker.vllm_bridge import arguments
 
     entries = []
@@ -152,7 +161,7 @@ def engine_inputs() -> list[dict]:
     return entries
 
 
-def hub_json() -> dict:
+def hub_json() -> dict[str, Any]:
     return {
         "title": "tpworker: vLLM with tensor parallelism",
         "description": "Serve a Hugging Face LLM with vLLM, split across the GPUs of a worker by tensor "

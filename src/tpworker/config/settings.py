@@ -17,7 +17,7 @@ import functools
 import logging
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,9 @@ from tpworker.config.variables import (
 from tpworker.errors import StartRefused
 
 log = logging.getLogger(__name__)
+
+# (values, sources) of one layer of vLLM options: name -> value, name -> the variable that set it.
+_Layer = tuple[dict[str, Any], dict[str, str]]
 
 
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -72,7 +75,7 @@ def _accepted(name: str) -> str:
     return " ".join([kind, *bounds])
 
 
-def _read_worker_settings(environ: Mapping[str, str], problems: list[str]) -> tuple[WorkerSettings, dict]:
+def _read_worker_settings(environ: Mapping[str, str], problems: list[str]) -> tuple[WorkerSettings, dict[str, str]]:
     values: dict[str, str] = {}
     sources: dict[str, str] = {}
     for name in WorkerSettings.model_fields:
@@ -109,7 +112,7 @@ def _read_worker_settings(environ: Mapping[str, str], problems: list[str]) -> tu
             if name == "tensor_parallel_size":
                 reason = "it is neither a whole number nor auto"
             problems.append(_problem(sources[name], values[name], reason, _accepted(name)))
-        return WorkerSettings(), sources  # not used: the problems stop the start
+        return WorkerSettings.model_validate({}), sources  # not used: the problems stop the start
 
 
 def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -202,13 +205,14 @@ class Settings:
             raise SettingsError(problems)
         return values, sources
 
-    def _flags(self, problems: list[str]) -> tuple[tuple[dict, dict], tuple[dict, dict]]:
+    def _flags(self, problems: list[str]) -> tuple[_Layer, _Layer]:
         """(values, sources) from VLLM_CONFIG_FILE (below the variables) and VLLM_EXTRA_ARGS (above them)."""
         import shlex
 
         from tpworker.vllm_bridge import arguments, serve_flags
 
-        layers = []
+        layers: list[_Layer] = []
+        words: Callable[[str], list[str]]
         for variable, text, words in (
             ("VLLM_CONFIG_FILE", self.vllm_config_file, lambda t: ["--config", t]),
             ("VLLM_EXTRA_ARGS", self.vllm_extra_args, shlex.split),
@@ -222,9 +226,9 @@ class Settings:
                             "%s sets options with no use inside a worker (%s): left out.", variable, ", ".join(ignored)
                         )
             except arguments.EngineArgValueError as e:
-                problems.append(_problem(variable, text, e.reason, e.accepted))
+                problems.append(_problem(variable, text or "", e.reason, e.accepted))
             except ValueError as e:  # shlex: an unclosed quote
-                problems.append(_problem(variable, text, str(e), "vllm serve's flags, quoted as in a shell"))
+                problems.append(_problem(variable, text or "", str(e), "vllm serve's flags, quoted as in a shell"))
             layers.append((values, dict.fromkeys(values, variable)))
         return layers[0], layers[1]
 

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -20,11 +22,13 @@ class Refused(Exception):
         self.status, self.message = status, message
 
 
-def refused_response(_request: Request, error: Refused) -> JSONResponse:
-    return JSONResponse({"error": error.message}, status_code=error.status)
+def refused_response(_request: Request, error: Exception) -> JSONResponse:
+    """Starlette calls it with Refused only (the class it is registered for)."""
+    refused = cast(Refused, error)
+    return JSONResponse({"error": refused.message}, status_code=refused.status)
 
 
-def client_router(endpoint: DevEndpoint, worker_running) -> APIRouter:
+def client_router(endpoint: DevEndpoint, worker_running: Callable[[], bool]) -> APIRouter:
     """RunPod's endpoint API, as clients see it."""
     api = APIRouter()
 
@@ -45,23 +49,23 @@ def client_router(endpoint: DevEndpoint, worker_running) -> APIRouter:
             raise Refused(400, "tpworker dev does not call webhooks; poll /status or /stream.")
         return endpoint.submit(body["input"], body.get("policy"))
 
-    @api.post("/run")
-    async def run(request: Request):
+    @api.post("/run", response_model=None)
+    async def run(request: Request) -> dict[str, Any]:
         job = await submitted(request)
         return {"id": job.id, "status": job.status}
 
-    @api.post("/runsync")
-    async def runsync(request: Request, wait: int | None = None):
+    @api.post("/runsync", response_model=None)
+    async def runsync(request: Request, wait: int | None = None) -> dict[str, Any]:
         job = await submitted(request)
         await endpoint.wait(job, (wait / 1000) if wait else RUNSYNC_WAIT_SECONDS)
         return job.view()
 
-    @api.get("/status/{job_id}")
-    async def status(job_id: str):
+    @api.get("/status/{job_id}", response_model=None)
+    async def status(job_id: str) -> dict[str, Any]:
         return job_or_404(job_id).view()
 
-    @api.get("/stream/{job_id}")
-    async def stream(job_id: str):
+    @api.get("/stream/{job_id}", response_model=None)
+    async def stream(job_id: str) -> dict[str, Any]:
         job = job_or_404(job_id)
         await endpoint.wait(job, STREAM_WAIT_SECONDS, for_chunk=True)
         new = job.chunks[job.streamed :]
@@ -70,25 +74,25 @@ def client_router(endpoint: DevEndpoint, worker_running) -> APIRouter:
         shown["stream"] = [{"output": chunk} for chunk in new]
         return shown
 
-    @api.post("/cancel/{job_id}")
-    async def cancel(job_id: str):
+    @api.post("/cancel/{job_id}", response_model=None)
+    async def cancel(job_id: str) -> dict[str, Any]:
         job = job_or_404(job_id)
         endpoint.stop(job, "CANCELLED")
         return {"id": job.id, "status": job.status}
 
-    @api.get("/health")
-    async def health():
+    @api.get("/health", response_model=None)
+    async def health() -> dict[str, Any]:
         return endpoint.health(worker_running())
 
-    @api.post("/purge-queue")
-    async def purge_queue():
+    @api.post("/purge-queue", response_model=None)
+    async def purge_queue() -> dict[str, Any]:
         removed = 0
         while endpoint.queue:
             endpoint.finish(endpoint.jobs[endpoint.queue.popleft()], "CANCELLED")
             removed += 1
         return {"removed": removed, "status": "completed"}
 
-    async def openai(route: str, body: dict | None) -> Response:
+    async def openai(route: str, body: dict[str, Any] | None) -> Response:
         job = endpoint.submit({"openai_route": route, "openai_input": body})
         if isinstance(body, dict) and body.get("stream") is True:
             await endpoint.wait(job, RUNSYNC_WAIT_SECONDS, for_chunk=True)
@@ -126,7 +130,7 @@ def _error_response(route: str, job: Job) -> JSONResponse:
     return JSONResponse(error, status_code=code)
 
 
-async def _sse(endpoint: DevEndpoint, job: Job):
+async def _sse(endpoint: DevEndpoint, job: Job) -> AsyncIterator[str]:
     """A job's chunks as one SSE stream, as they arrive; the stream ends with the job."""
     while True:
         await endpoint.wait(job, 3600, for_chunk=True)

@@ -23,9 +23,9 @@ RUNSYNC_WAIT_SECONDS = 90.0
 class Job:
     id: str
     input: Any
-    policy: dict = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
     status: str = "IN_QUEUE"
-    chunks: list = field(default_factory=list)  # every streamed chunk, in order
+    chunks: list[Any] = field(default_factory=list)  # every streamed chunk, in order
     streamed: int = 0  # chunks already handed out by /stream
     output: Any = None
     error: Any = None
@@ -39,7 +39,7 @@ class Job:
         self.changed.set()
         self.changed = asyncio.Event()
 
-    def view(self, *, with_output: bool = True) -> dict:
+    def view(self, *, with_output: bool = True) -> dict[str, Any]:
         """The job as RunPod's /status shows it."""
         shown: dict[str, Any] = {"id": self.id, "status": self.status}
         if self.started:
@@ -53,7 +53,7 @@ class Job:
         return shown
 
 
-def openai_error(job: Job) -> tuple[dict, int]:
+def openai_error(job: Job) -> tuple[dict[str, Any], int]:
     """OpenAI's error object and HTTP status from a failed job. RunPod's SDK reports a yielded
     {"error": {...}} as the str() of that dict; recover it."""
     error = job.error
@@ -65,7 +65,7 @@ def openai_error(job: Job) -> tuple[dict, int]:
             except (ValueError, SyntaxError):
                 continue
     if isinstance(error, dict) and "message" in error:
-        code = error.get("code") if isinstance(error.get("code"), int) else 500
+        code = given if isinstance(given := error.get("code"), int) else 500
         return {"error": error}, code
     status = {"TIMED_OUT": 504, "CANCELLED": 499}.get(job.status, 500)
     return {
@@ -76,7 +76,7 @@ def openai_error(job: Job) -> tuple[dict, int]:
 class DevEndpoint:
     """The endpoint's state: jobs, the queue the worker takes from, and the stop channel."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
         self.queue: deque[str] = deque()
         self.queued = asyncio.Event()
@@ -88,7 +88,7 @@ class DevEndpoint:
 
     # ------------------------------------------------------------------ jobs
 
-    def submit(self, job_input: Any, policy: dict | None = None) -> Job:
+    def submit(self, job_input: Any, policy: dict[str, Any] | None = None) -> Job:
         job = Job(id=f"dev-{uuid.uuid4()}", input=job_input, policy=policy or {})
         self.jobs[job.id] = job
         self.queue.append(job.id)
@@ -135,7 +135,12 @@ class DevEndpoint:
             now = time.time()
             for job in list(self.jobs.values()):
                 limit = job.policy.get("executionTimeout")
-                if job.status == "IN_PROGRESS" and limit and now - job.started > limit / 1000:
+                if (
+                    job.status == "IN_PROGRESS"
+                    and limit
+                    and job.started is not None
+                    and now - job.started > limit / 1000
+                ):
                     self.stop(job, "TIMED_OUT")
 
     def worker_exited(self, code: int) -> None:
@@ -145,7 +150,7 @@ class DevEndpoint:
             if job.status == "IN_PROGRESS":
                 self.finish(job, "FAILED", error=f"The worker exited (status {code}) while running this job.")
 
-    def health(self, worker_running: bool) -> dict:
+    def health(self, worker_running: bool) -> dict[str, Any]:
         states = [j.status for j in self.jobs.values()]
         ready = worker_running and self.worker_polls > 0
         return {
@@ -169,7 +174,7 @@ class DevEndpoint:
                 await asyncio.wait_for(self.queued.wait(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 return []
-        taken = []
+        taken: list[Job] = []
         while self.queue and len(taken) < count:
             job = self.jobs[self.queue.popleft()]
             job.status, job.started = "IN_PROGRESS", time.time()

@@ -20,6 +20,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -78,12 +80,13 @@ class WorkerProcess:
             await asyncio.sleep(1)
 
     async def stop(self) -> None:
-        if self.running:
-            self.process.terminate()
+        process = self.process
+        if process is not None and process.returncode is None:  # self.running
+            process.terminate()
             try:
-                await asyncio.wait_for(self.process.wait(), 60)
+                await asyncio.wait_for(process.wait(), 60)
             except TimeoutError:
-                self.process.kill()
+                process.kill()
 
 
 def _die_with_parent() -> None:
@@ -97,7 +100,11 @@ def _die_with_parent() -> None:
         pass
 
 
-def build_app(endpoint: DevEndpoint, worker_running=lambda: True, lifespan=None) -> FastAPI:
+def build_app(
+    endpoint: DevEndpoint,
+    worker_running: Callable[[], bool] = lambda: True,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+) -> FastAPI:
     app = FastAPI(title="tpworker dev", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.add_exception_handler(Refused, refused_response)
     clients = client_router(endpoint, worker_running)
@@ -117,7 +124,7 @@ async def serve(host: str, port: int, handler: Path | None, restart: bool = True
     worker = WorkerProcess(endpoint, handler, base_url, restart) if handler else None
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app):
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Started and stopped with the server: uvicorn re-raises SIGTERM once serve() returns,
         # so clean-up placed after it would never run.
         tasks = [asyncio.create_task(endpoint.expire())]

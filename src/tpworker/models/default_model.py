@@ -18,6 +18,7 @@ import logging
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def find_gguf() -> Path:
     ggufs = [f for f in dist.files or [] if str(f).endswith(".gguf")]
     if not ggufs:
         raise RuntimeError(f"No .gguf file found inside the '{GGUF_PACKAGE}' package.")
-    return Path(dist.locate_file(ggufs[0]))
+    return Path(str(dist.locate_file(ggufs[0])))  # a pathlib.Path, typed as SimplePath
 
 
 def is_built(folder: Path) -> bool:
@@ -64,7 +65,7 @@ def dequantize_gguf(gguf: Path, dest: Path) -> None:
         quantization_config=GgufConfig(dequantize=True),
     )
     # The weights are now dense; saving must not record them as GGUF-quantized.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # nn.Module types attributes as tensors/modules
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(dest, safe_serialization=True)
@@ -115,7 +116,7 @@ def pad_attention_heads(src: Path, dest: Path, extra_kv_heads: int = 1) -> None:
     save_file(padded, dest / WEIGHTS_FILE, metadata={"format": "pt"})
 
 
-def _build_into(folder: Path, build) -> None:
+def _build_into(folder: Path, build: Callable[[Path], None]) -> None:
     """Build in a scratch folder beside `folder`, then move it into place (never half-built)."""
     scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     scratch.chmod(0o755)  # mkdtemp makes it private; the model is not a secret

@@ -16,9 +16,13 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tpworker.errors import StartRefused
 from tpworker.models import hub_check, snapshot
+
+if TYPE_CHECKING:
+    from tpworker.models.manifest import Manifest
 
 log = logging.getLogger(__name__)
 # Room kept free beyond the files themselves (file system overhead, logs, temp files).
@@ -125,11 +129,12 @@ def fetch(
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.hf_api import RepoFile
 
-    where = dict(local_dir=local_dir, cache_dir=cache_dir, endpoint=endpoint)
     target = local_dir or cache_dir or Path.home()
     try:
         api = HfApi(endpoint=endpoint)
         commit = api.model_info(repo_id, revision=revision, timeout=hub_check.TIMEOUT_S).sha
+        if commit is None:  # the hub names the commit of every revision it answers for
+            raise DownloadError(f"The hub named no commit for {repo_id} at {revision or 'the default branch'}.")
         listing = {
             f.path: f.size
             for f in api.list_repo_tree(repo_id, revision=commit, recursive=False)
@@ -148,7 +153,9 @@ def fetch(
                 )
             index = None
             if fmt.index in listing:
-                index_file = hf_hub_download(repo_id, fmt.index, revision=commit, **where)
+                index_file = hf_hub_download(
+                    repo_id, fmt.index, revision=commit, local_dir=local_dir, cache_dir=cache_dir, endpoint=endpoint
+                )
                 index = json.loads(Path(index_file).read_text())
                 files.append(fmt.index)
             weights = snapshot.weight_files(listing, fmt, index)
@@ -166,7 +173,16 @@ def fetch(
             gib(needed),
             target,
         )
-        path = Path(snapshot_download(repo_id, revision=commit, allow_patterns=files, **where))
+        path = Path(
+            snapshot_download(
+                repo_id,
+                revision=commit,
+                allow_patterns=files,
+                local_dir=local_dir,
+                cache_dir=cache_dir,
+                endpoint=endpoint,
+            )
+        )
     except DownloadError:
         raise
     except Exception as e:  # the hub's errors, connection errors, OSError from the disk
@@ -198,7 +214,7 @@ def download_model(
     served_name: str | None = None,
     manifest_file: Path | None = None,
     endpoint: str | None = None,
-):
+) -> Manifest:
     """`tpworker download`: the model (and a separate tokenizer) into folders under `dest`, the
     tensor-parallel sizes it allows, and the manifest the worker reads at start. Returns the
     Manifest. Raises DownloadError."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,12 @@ def baked(settings: Settings) -> manifest.Manifest | None:
     return manifest.read(file) if file.is_file() else None
 
 
-def find_cached(cache: Path, repo_id: str, revision: str | None, problems=snapshot.folder_problems) -> Path | None:
+def find_cached(
+    cache: Path,
+    repo_id: str,
+    revision: str | None,
+    problems: Callable[[Path], list[str]] = snapshot.folder_problems,
+) -> Path | None:
     """The snapshot folder of `repo_id` in a hub cache, matching its name in any case (RunPod's
     cache lowercases them): the commit or ref `revision`, else main, else the newest complete one
     (complete: `problems(folder)` finds nothing missing; a model's files by default)."""
@@ -97,7 +103,7 @@ def locate(settings: Settings) -> Located | None:
     worker = settings.worker
     if located.download:
         check = hub_check.check(
-            worker.model,
+            located.path_or_id,  # MODEL_NAME, still to download
             worker.revision,
             endpoint=settings.hub_endpoint,
             variable=settings.source_of("model"),
@@ -123,6 +129,7 @@ def _find(settings: Settings) -> Located | None:
     image = baked(settings)
     if image is not None:
         if image.serves(model, revision):
+            tokenizer: str | None
             if worker.tokenizer and worker.tokenizer not in (image.tokenizer, str(image.tokenizer_path)):
                 tokenizer, offline = worker.tokenizer, Path(worker.tokenizer).is_dir()
             else:

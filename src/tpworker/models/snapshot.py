@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CONFIG = "config.json"
 TOKENIZER_FILES = (
@@ -52,7 +53,7 @@ def weight_format(names: Iterable[str]) -> WeightFormat | None:
     return next((fmt for fmt in FORMATS if any(_is_weight(n, fmt) for n in names)), None)
 
 
-def weight_files(names: Iterable[str], fmt: WeightFormat, index: dict | None) -> list[str]:
+def weight_files(names: Iterable[str], fmt: WeightFormat, index: dict[str, Any] | None) -> list[str]:
     """The weight files to fetch: those the index maps tensors to, else every top-level file of the
     format (a repository with an index may hold other files of the format that are not the model)."""
     if index is not None:

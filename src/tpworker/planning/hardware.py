@@ -8,6 +8,7 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,14 @@ def select_visible(cuda_visible_devices: str | None, uuids: list[str]) -> list[i
     return chosen
 
 
-def _nvml(nvml=None):
+def _nvml(nvml: Any = None) -> Any:
     """The NVML module, initialised; None where there is no NVIDIA driver."""
     if nvml is None:
         try:
-            import pynvml as nvml
+            import pynvml
         except ImportError:
             return None
+        nvml = pynvml
     try:
         nvml.nvmlInit()
     except nvml.NVMLError:
@@ -55,13 +57,13 @@ def _nvml(nvml=None):
     return nvml
 
 
-def _visible_handles(nvml, cuda_visible_devices: str | None) -> list:
+def _visible_handles(nvml: Any, cuda_visible_devices: str | None) -> list[Any]:
     handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
     uuids = [_text(nvml.nvmlDeviceGetUUID(h)) for h in handles]
     return [handles[i] for i in select_visible(cuda_visible_devices, uuids)]
 
 
-def visible_gpus(cuda_visible_devices: str | None, nvml=None) -> list[Gpu]:
+def visible_gpus(cuda_visible_devices: str | None, nvml: Any = None) -> list[Gpu]:
     """The GPUs this process may use; [] where there is no NVIDIA driver."""
     nvml = _nvml(nvml)
     if nvml is None:
@@ -89,7 +91,7 @@ class Link:
     p2p: bool  # direct peer-to-peer reads work (over NVLink or PCIe)
 
 
-def gpu_links(cuda_visible_devices: str | None, count: int, nvml=None) -> list[Link]:
+def gpu_links(cuda_visible_devices: str | None, count: int, nvml: Any = None) -> list[Link]:
     """Links between each pair of the first `count` visible GPUs (the ones TP uses)."""
     nvml = _nvml(nvml)
     if nvml is None:
@@ -97,9 +99,10 @@ def gpu_links(cuda_visible_devices: str | None, count: int, nvml=None) -> list[L
     try:
         handles = _visible_handles(nvml, cuda_visible_devices)[:count]
 
-        def status(x, y, index) -> bool:
+        def status(x: Any, y: Any, index: int) -> bool:
             try:
-                return nvml.nvmlDeviceGetP2PStatus(x, y, index) == P2P_OK
+                code: int = nvml.nvmlDeviceGetP2PStatus(x, y, index)
+                return code == P2P_OK
             except nvml.NVMLError:
                 return False
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SAFETENSORS_DTYPE_BYTES = {
     "F64": 8,
@@ -23,9 +24,10 @@ SAFETENSORS_DTYPE_BYTES = {
 }
 
 
-def _text_config(config: dict) -> dict:
+def _text_config(config: dict[str, Any]) -> dict[str, Any]:
     """Multimodal configs nest the language model's settings."""
-    return config.get("text_config") or config
+    text: dict[str, Any] = config.get("text_config") or config
+    return text
 
 
 @dataclass(frozen=True)
@@ -44,11 +46,11 @@ class ModelFacts:
     experts: int  # 0 for a dense model
     attention_bias: bool
     checkpoint_dtype: str
-    quantization: dict | None
+    quantization: dict[str, Any] | None
     max_position_embeddings: int | None
 
     @classmethod
-    def from_config(cls, config: dict) -> ModelFacts:
+    def from_config(cls, config: dict[str, Any]) -> ModelFacts:
         text = _text_config(config)
         heads = text["num_attention_heads"]
         experts = int(text.get("num_local_experts") or text.get("num_experts") or text.get("n_routed_experts") or 0)
@@ -78,18 +80,23 @@ class ModelFacts:
         )
 
 
-def read_model_config(model: str, revision: str | None = None) -> dict:
+def _json(path: Path) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads(path.read_text())
+    return config
+
+
+def read_model_config(model: str, revision: str | None = None) -> dict[str, Any]:
     """config.json of a local folder, a config.json file, or a Hugging Face repo (fetched alone)."""
     path = Path(model)
     if path.is_file():
-        return json.loads(path.read_text())
+        return _json(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no config.json: is it a model folder?")
-        return json.loads((path / "config.json").read_text())
+        return _json(path / "config.json")
     from huggingface_hub import hf_hub_download
 
-    return json.loads(Path(hf_hub_download(model, "config.json", revision=revision)).read_text())
+    return _json(Path(hf_hub_download(model, "config.json", revision=revision)))
 
 
 def weights_size(model: str, revision: str | None = None) -> int | None:

@@ -13,6 +13,7 @@ over the nodes (one activation per stage boundary crosses the network), as vLLM 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from tpworker.planning.memory import GB, RUNTIME_RESERVE_BYTES, GiB, MemoryModel, capacity
 from tpworker.planning.modelinfo import ModelFacts, read_model_config, weights_size
@@ -62,7 +63,7 @@ class PlanReport:
     start_estimate: str = ""  # the start's estimated duration against RunPod's init timeout
     start_estimate_warns: bool = False
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -103,7 +104,7 @@ def build_report(
     layouts = [(tp, 1) for tp in valid]
     if nodes > 1 and valid:  # past one node: TP within the node, PP across nodes
         layouts += [(valid[-1], pp) for pp in range(2, min(nodes, facts.layers) + 1)]
-    rows = []
+    rows: list[PlanRow] = []
     for tp, pp in layouts:
         rank = memory.rank(tp, pp)
         cap = capacity(rank, gpu_memory_gib * GiB, gpu_memory_utilization, max_model_len)
@@ -149,7 +150,11 @@ def build_report(
         max_model_len=max_model_len,
         max_concurrency=max_concurrency,
         valid_sizes=valid,
-        invalid_sizes={tp: tp_problem(facts, tp) for tp in range(1, gpus + 1) if tp not in valid},
+        invalid_sizes={
+            tp: problem
+            for tp in range(1, gpus + 1)
+            if tp not in valid and (problem := tp_problem(facts, tp)) is not None
+        },
         rows=rows,
         recommended=best.tensor_parallel_size if best else None,
         reason=reason,
@@ -169,7 +174,9 @@ def memory_dtype(facts: ModelFacts, dtype: str | None) -> str:
     return f"{serving_dtype(facts, dtype)}" + (f" ({quant} weights)" if quant else "")
 
 
-def _recommend(rows: list[PlanRow], concurrency: int, max_model_len: int, gpus: int, gpu_memory_gib: float):
+def _recommend(
+    rows: list[PlanRow], concurrency: int, max_model_len: int, gpus: int, gpu_memory_gib: float
+) -> tuple[PlanRow | None, str]:
     """The row to use and why. Rows come in order of GPUs used, so the first that is enough is the
     cheapest."""
     usable = [r for r in rows if r.weights_fit and r.kv_tokens >= max_model_len]
@@ -205,8 +212,16 @@ def render_text(report: PlanReport) -> str:
         f"Valid TP sizes up to {r.gpus}: {', '.join(map(str, r.valid_sizes))}",
         "",
     ]
-    header = ("TP", "weights/GPU", "fits", "KV cache/GPU", "KV tokens", f"requests@{r.max_model_len:,}", "note")
-    table = [header] + [
+    header: tuple[str, ...] = (
+        "TP",
+        "weights/GPU",
+        "fits",
+        "KV cache/GPU",
+        "KV tokens",
+        f"requests@{r.max_model_len:,}",
+        "note",
+    )
+    table: list[tuple[str, ...]] = [header] + [
         (
             str(row.tensor_parallel_size),
             f"{row.weights_gb_per_gpu:.1f} GB",
@@ -229,7 +244,7 @@ def render_text(report: PlanReport) -> str:
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
     lines.append("")
     if r.recommended is not None and (r.recommended_pp or 1) > 1:
-        pp = r.recommended_pp
+        pp = r.recommended_pp or 1
         lines.append(
             f"Recommended: TENSOR_PARALLEL_SIZE={r.recommended} x PIPELINE_PARALLEL_SIZE={pp} on Ray "
             f"(DISTRIBUTED_EXECUTOR_BACKEND=ray, {pp} nodes of {r.recommended} GPUs: TP within each node, "

@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import ModuleType
 
 from tpworker.errors import StartRefused
 from tpworker.planning.parallel import ClusterShape
@@ -39,7 +40,7 @@ def reachable(address: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _import_ray():
+def _import_ray() -> ModuleType:
     try:
         import ray
     except ImportError:
@@ -51,7 +52,7 @@ def _import_ray():
 
 
 @contextmanager
-def connected(address: str | None):
+def connected(address: str | None) -> Iterator[ModuleType]:
     """A driver connection to the cluster at `address` (None: the one `ray start` began on this
     machine), closed on exit so that vLLM's own processes connect afresh."""
     ray = _import_ray()
@@ -74,7 +75,7 @@ def connected(address: str | None):
         ray.shutdown()
 
 
-def _shape(ray, address: str) -> ClusterShape:
+def _shape(ray: ModuleType, address: str) -> ClusterShape:
     alive = sorted((n for n in ray.nodes() if n.get("Alive")), key=lambda n: n.get("NodeManagerAddress", ""))
     return ClusterShape(
         gpus=tuple(int(n["Resources"].get("GPU", 0)) for n in alive),
@@ -83,10 +84,11 @@ def _shape(ray, address: str) -> ClusterShape:
     )
 
 
-def _address_of(ray, given: str | None) -> str:
+def _address_of(ray: ModuleType, given: str | None) -> str:
     if given:
         return given
-    return ray.get_runtime_context().gcs_address  # the head's host:port, for messages
+    gcs_address: str = ray.get_runtime_context().gcs_address  # the head's host:port, for messages
+    return gcs_address
 
 
 def cluster_shape(address: str | None) -> ClusterShape:

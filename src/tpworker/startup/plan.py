@@ -45,7 +45,8 @@ class StartPlan:
     @property
     def model(self) -> str:
         """What the engine loads: a folder, or a hub id."""
-        return self.engine_args["model"]
+        model: str = self.engine_args["model"]
+        return model
 
     @property
     def served_names(self) -> list[str]:
@@ -91,7 +92,7 @@ def plan_start(settings: Settings, layout: Layout | None = None, cluster: Cluste
     return StartPlan(layout, args, openai_options, environment, estimate)
 
 
-def _read_speed_beside_the_import(layout: Layout) -> Future | None:
+def _read_speed_beside_the_import(layout: Layout) -> Future[float | None] | None:
     """The sample read of the start estimate, in a thread: reading a file releases the GIL, so it runs
     beside vLLM's import (seconds of Python) instead of after it, and leaves the weights' start in the
     page cache for the load all the same. None when the weights are not in a local folder."""
@@ -124,7 +125,7 @@ def estimate_start(settings: Settings, layout: Layout, compiles: bool, speed: fl
     return estimate
 
 
-def _enable_lora(settings: Settings, args: dict[str, Any], modules: list) -> None:
+def _enable_lora(settings: Settings, args: dict[str, Any], modules: list[Any]) -> None:
     """LORA_MODULES turns LoRA on (vLLM would refuse the adapters otherwise), with a rank limit
     that holds them: the smallest of vLLM's sizes at or above the largest adapter's rank, unless
     MAX_LORA_RANK is set, in which case an adapter above it is refused by name."""

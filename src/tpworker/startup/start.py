@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:  # imported when the worker starts: they import vLLM
     from tpworker.serving.lifecycle import Lifecycle
     from tpworker.serving.watchdog import Watchdog
     from tpworker.serving.worker import Worker
+    from tpworker.vllm_bridge.types import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ def start_worker(
     chat_template = plan.openai_options.get("chat_template")
     openai_server.keep_logging_through_the_server_import()
 
-    def prepare_openai_layer(model_config) -> openai_server.PreparedApp | None:
+    def prepare_openai_layer(model_config: ModelConfig) -> openai_server.PreparedApp | None:
         return openai_server.prepare(model_config, chat_template, plan.model, plan.served_names, plan.openai_options)
 
     structured_check.start_fork_server()  # imports for the structured-output probe, beside the engine's start
@@ -65,7 +67,7 @@ def start_worker(
     return StartedWorker(engine, worker, watchdog)
 
 
-def start_engine(settings: Settings, plan: StartPlan, beside_start) -> Engine:
+def start_engine(settings: Settings, plan: StartPlan, beside_start: Callable[[ModelConfig], object]) -> Engine:
     """The engine, started from the plan; when vLLM refuses it for want of KV cache or memory and its
     message says which setting to lower (START_MEMORY_RETRY), started once more with that setting lowered,
     and a warning that says how to set it for good."""
