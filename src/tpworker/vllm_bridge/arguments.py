@@ -7,9 +7,12 @@ import argparse
 import dataclasses
 import functools
 import re
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 from vllm import AsyncEngineArgs
+
+if TYPE_CHECKING:
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 # Engine arguments that are not read from the environment under their own name.
 # hf_token: huggingface_hub reads HF_TOKEN itself; keeping it out of the engine arguments keeps
@@ -89,29 +92,32 @@ class EngineArgValueError(ValueError):
 
 
 def _refusing(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    def refuse(message: str):  # some actions call parser.error(), which would print usage and exit
+    def refuse(message: str) -> NoReturn:  # some actions call parser.error(), which would print usage and exit
         raise ValueError(message)
 
-    parser.error = refuse
+    parser.error = refuse  # type: ignore[method-assign]  # refuse, not exit, on this one parser
     return parser
+
+
+def _flexible_parser() -> FlexibleArgumentParser:
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    return FlexibleArgumentParser(exit_on_error=False)  # type: ignore[no-untyped-call]  # vLLM's __init__ is untyped
 
 
 @functools.cache
 def serve_parser() -> argparse.ArgumentParser:
     """`vllm serve`'s own parser: every engine argument and every OpenAI-frontend option."""
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    return _refusing(make_arg_parser(FlexibleArgumentParser(exit_on_error=False)))
+    return _refusing(make_arg_parser(_flexible_parser()))
 
 
 @functools.cache
 def _engine_parser() -> argparse.ArgumentParser:
     """The engine arguments' half of `vllm serve`'s parser (the same actions, which vLLM registers from
     AsyncEngineArgs alone): enough for every engine argument, without the frontend's modules."""
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    return _refusing(AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(exit_on_error=False)))
+    return _refusing(AsyncEngineArgs.add_cli_args(_flexible_parser()))
 
 
 @functools.cache
@@ -181,7 +187,7 @@ def engine_arg_default(name: str) -> Any:
     return option_action(name).default
 
 
-def choices_of(name: str) -> list:
+def choices_of(name: str) -> list[Any]:
     """The values vLLM accepts for an option with a fixed set (e.g. MAX_LORA_RANK), else []."""
     return [c for c in (option_action(name).choices or []) if c is not None]
 
@@ -200,7 +206,7 @@ def engine_arg_help(name: str) -> str:
     return text.split(". ")[0].rstrip(".") + "." if text else ""
 
 
-def _field_constraints(name: str) -> list:
+def _field_constraints(name: str) -> list[object]:
     """The annotated-types bounds (Gt, Le, ...) vLLM's config class declares for a field."""
     cls = _config_class_of().get(name)
     field = getattr(cls, "__pydantic_fields__", {}).get(name)
@@ -274,7 +280,8 @@ def check_constraints(name: str, value: Any) -> None:
     if not constraints or value is None or isinstance(value, (list, dict, bool)):
         return
     try:
-        TypeAdapter(Annotated[type(value), *constraints]).validate_python(value)
+        annotation: Any = Annotated[type(value), *constraints]  # built at run time: a type mypy cannot follow
+        TypeAdapter(annotation).validate_python(value)
     except ValidationError as e:
         raise EngineArgValueError(e.errors()[0]["msg"], _accepted(option_action(name))) from None
 

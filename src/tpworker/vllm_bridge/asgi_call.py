@@ -8,23 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Scope
 
 
 @dataclass
 class AsgiResponse:
     status: int
     content_type: str
-    body: AsyncIterator[bytes]  # the body's parts as the application sends them
+    body: AsyncGenerator[bytes, None]  # the body's parts as the application sends them
 
 
-async def call_asgi(app, method: str, path: str, body: dict | None, headers: dict[str, str]) -> AsgiResponse:
+async def call_asgi(
+    app: ASGIApp, method: str, path: str, body: dict[str, Any] | None, headers: dict[str, str]
+) -> AsgiResponse:
     """Start the request; return once the application has sent its status and headers."""
     payload = b"" if body is None else json.dumps(body).encode()
     header_list = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     header_list += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    scope = {
+    scope: Scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -39,11 +45,11 @@ async def call_asgi(app, method: str, path: str, body: dict | None, headers: dic
         "server": ("127.0.0.1", 0),
         "state": {},
     }
-    messages: asyncio.Queue = asyncio.Queue()
+    messages: asyncio.Queue[Message] = asyncio.Queue()
     gone = asyncio.Event()
     sent_body = False
 
-    async def receive():
+    async def receive() -> Message:
         nonlocal sent_body
         if not sent_body:
             sent_body = True
@@ -51,10 +57,10 @@ async def call_asgi(app, method: str, path: str, body: dict | None, headers: dic
         await gone.wait()  # the request stays connected until its reader closes the body
         return {"type": "http.disconnect"}
 
-    async def send(message):
+    async def send(message: Message) -> None:
         await messages.put(message)
 
-    async def run():
+    async def run() -> None:
         try:
             await app(scope, receive, send)
         except Exception as error:  # Starlette sends its 500 first, then raises again
@@ -74,7 +80,7 @@ async def call_asgi(app, method: str, path: str, body: dict | None, headers: dic
         raise start["error"]
     response_headers = {k.decode().lower(): v.decode() for k, v in start.get("headers", [])}
 
-    async def parts() -> AsyncIterator[bytes]:
+    async def parts() -> AsyncGenerator[bytes, None]:
         try:
             while True:
                 message = await messages.get()

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from vllm import AsyncEngineArgs
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.engine.protocol import EngineClient
+    from vllm.v1.engine.async_llm import AsyncLLM
+    from vllm.v1.metrics.loggers import StatLoggerBase, StatLoggerFactory
+    from vllm.v1.metrics.stats import IterationStats, MultiModalCacheStats, SchedulerStats
 
 
 def vllm_version() -> str:
@@ -13,7 +21,7 @@ def vllm_version() -> str:
     return __version__
 
 
-def create_engine_config(engine_args: AsyncEngineArgs):
+def create_engine_config(engine_args: AsyncEngineArgs) -> VllmConfig:
     """vLLM's full configuration from the engine arguments (validates them; loads config.json)."""
     return engine_args.create_engine_config()
 
@@ -41,12 +49,14 @@ def ray_unsupported_reason() -> str | None:
     )
 
 
-def start_async_llm(vllm_config, engine_args: AsyncEngineArgs, on_engine_step=None):
+def start_async_llm(
+    vllm_config: VllmConfig, engine_args: AsyncEngineArgs, on_engine_step: Callable[[], object] | None = None
+) -> AsyncLLM:
     """AsyncLLM for the config. `on_engine_step()` is called each time the engine core reports
     a step (through vLLM's stat-logger interface), which is how the watchdog sees progress."""
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    loggers = [_step_logger_factory(on_engine_step)] if on_engine_step else None
+    loggers: list[StatLoggerFactory] | None = [_step_logger_factory(on_engine_step)] if on_engine_step else None
     return AsyncLLM.from_vllm_config(
         vllm_config,
         enable_log_requests=engine_args.enable_log_requests,
@@ -55,17 +65,23 @@ def start_async_llm(vllm_config, engine_args: AsyncEngineArgs, on_engine_step=No
     )
 
 
-def _step_logger_factory(on_engine_step):
+def _step_logger_factory(on_engine_step: Callable[[], object]) -> type[StatLoggerBase]:
     from vllm.v1.metrics.loggers import StatLoggerBase
 
     class StepLogger(StatLoggerBase):
-        def __init__(self, vllm_config, engine_index: int = 0):
+        def __init__(self, vllm_config: VllmConfig, engine_index: int = 0) -> None:
             pass
 
-        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+        def record(
+            self,
+            scheduler_stats: SchedulerStats | None,
+            iteration_stats: IterationStats | None,
+            mm_cache_stats: MultiModalCacheStats | None = None,
+            engine_idx: int = 0,
+        ) -> None:
             on_engine_step()
 
-        def log_engine_initialized(self):
+        def log_engine_initialized(self) -> None:
             pass
 
     return StepLogger
@@ -77,6 +93,6 @@ def is_engine_dead(error: BaseException) -> bool:
     return isinstance(error, EngineDeadError)
 
 
-def generates(llm) -> bool:
+def generates(llm: EngineClient) -> bool:
     """The model runs as a generative model (not as a pooling one: RUNNER=pooling or CONVERT=...)."""
     return llm.model_config.runner_type == "generate"

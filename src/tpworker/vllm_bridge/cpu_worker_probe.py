@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+from typing import Any
 
 import psutil
 from vllm.v1.worker.cpu_worker import CPUWorker
@@ -25,7 +26,7 @@ class MeasuredCPUWorker(CPUWorker):
     """On CPU vLLM packs linear weights into oneDNN buffers that are not torch tensors, so only the
     process's memory sees them (vLLM's GPU workers measure the load themselves)."""
 
-    def load_model(self, *args, **kwargs):
+    def load_model(self, *args: Any, **kwargs: Any) -> None:
         before = _process_memory()
         super().load_model(*args, **kwargs)
         self.model_runner.model_memory_usage = _process_memory() - before

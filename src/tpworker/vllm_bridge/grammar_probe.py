@@ -22,6 +22,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias, cast
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    import numpy as np
+    import numpy.typing as npt
+    import torch
+    from vllm.config import VllmConfig
+    from vllm.sampling_params import StructuredOutputsParams
+    from vllm.tokenizers import TokenizerLike
+    from vllm.v1.structured_output.backend_types import StructuredOutputBackend, StructuredOutputGrammar
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +49,8 @@ FIELD_OF_KIND = {
 ACCEPTS_NOTHING = "accepts no token: no text can match it"
 # What a probe process imports, imported once by the fork server its processes are forked from.
 PRELOAD = [__name__, "vllm.sampling_params", "vllm.v1.structured_output.backend_xgrammar"]
+# cache_key's: (kind, specification, the options that change its grammar)
+CacheKey: TypeAlias = tuple[str, str, tuple[bool, bool, str | None]]
 WALKS = 3  # one that stays open, then random ones (seeded by the specification: the same every time)
 CANDIDATES = 4  # tokens tried at each step of the walk that stays open
 
@@ -50,7 +64,7 @@ class ProbeResult:
     finished: bool  # the walk reached the grammar's end (more tokens would not cost more)
 
 
-def constraint_field(structured_outputs) -> str:
+def constraint_field(structured_outputs: StructuredOutputsParams) -> str:
     """Which constraint a StructuredOutputsParams carries (regex, json, ...), by vLLM's own key."""
     from vllm.v1.structured_output.request import get_structured_output_key
 
@@ -58,7 +72,7 @@ def constraint_field(structured_outputs) -> str:
     return FIELD_OF_KIND.get(kind.name, kind.name.lower())
 
 
-def cache_key(structured_outputs) -> tuple:
+def cache_key(structured_outputs: StructuredOutputsParams) -> CacheKey:
     """What decides a specification's cost: its constraint and the options that change its grammar."""
     from vllm.v1.structured_output.request import get_structured_output_key
 
@@ -72,14 +86,14 @@ def cache_key(structured_outputs) -> tuple:
 
 
 class GrammarProbe:
-    def __init__(self, vllm_config):
+    def __init__(self, vllm_config: VllmConfig) -> None:
         import numpy as np
         from vllm.tokenizers.registry import cached_tokenizer_from_config
 
         self.config = vllm_config
-        self.tokenizer = cached_tokenizer_from_config(vllm_config.model_config)
+        self.tokenizer: TokenizerLike = cached_tokenizer_from_config(vllm_config.model_config)
         self.vocab_size = vllm_config.model_config.get_vocab_size()
-        self.backends: dict[str, object] = {}
+        self.backends: dict[str, StructuredOutputBackend] = {}
         # Each token's length in characters of its vocabulary entry: the walk takes the longest allowed.
         pieces = self.tokenizer.convert_ids_to_tokens(list(range(min(len(self.tokenizer), self.vocab_size))))
         lengths = np.zeros(self.vocab_size, dtype=np.int64)
@@ -88,11 +102,12 @@ class GrammarProbe:
         for token in self.special:
             if token < self.vocab_size:
                 lengths[token] = 0  # taken only when nothing else is allowed (it usually ends the text)
-        self.lengths = lengths
+        self.lengths: npt.NDArray[np.int64] = lengths
 
-    def backend(self, name: str):
+    def backend(self, name: str) -> StructuredOutputBackend:
         """vLLM's backend `name`, built as its StructuredOutputManager.grammar_init builds it."""
         if name not in self.backends:
+            backend: type[StructuredOutputBackend]
             if name == "xgrammar":
                 from vllm.v1.structured_output.backend_xgrammar import XgrammarBackend as backend
             elif name == "guidance":
@@ -106,7 +121,7 @@ class GrammarProbe:
             self.backends[name] = backend(self.config, tokenizer=self.tokenizer, vocab_size=self.vocab_size)
         return self.backends[name]
 
-    def check(self, structured_outputs, steps: int) -> ProbeResult:
+    def check(self, structured_outputs: StructuredOutputsParams, steps: int) -> ProbeResult:
         """vLLM's checks, the compile and the walks of up to `steps` tokens; raises what vLLM raises for a
         specification it refuses (VLLMValidationError, or the backend's compile error)."""
         import zlib
@@ -120,8 +135,9 @@ class GrammarProbe:
         params = SamplingParams(structured_outputs=structured_outputs, max_tokens=max(steps, 1))
         config = self.config
         params.verify(config.model_config, config.speculative_config, config.structured_outputs_config, self.tokenizer)
-        backend = self.backend(params.structured_outputs._backend)
-        key = get_structured_output_key(params.structured_outputs)
+        checked = cast("StructuredOutputsParams", params.structured_outputs)  # set above
+        backend = self.backend(cast(str, checked._backend))  # verify() chose it
+        key = get_structured_output_key(checked)
         random = np.random.default_rng(zlib.crc32(repr(key).encode()))
         walked, finished = 0, True
         for walk in range(WALKS):
@@ -133,17 +149,17 @@ class GrammarProbe:
             walked, finished = max(walked, tokens), finished and tokens < steps
         return ProbeResult(field, None, walked, time.monotonic() - began, finished)
 
-    def _allowed(self, grammar, mask):
+    def _allowed(self, grammar: StructuredOutputGrammar, mask: torch.Tensor) -> npt.NDArray[np.bool_]:
         """The mask the engine would apply now, as one boolean per token."""
         import numpy as np
 
         grammar.fill_bitmask(mask, 0)
         return np.unpackbits(mask[0].numpy().view(np.uint8), bitorder="little")[: self.vocab_size].astype(bool)
 
-    def _may_end(self, grammar, allowed) -> bool:
+    def _may_end(self, grammar: StructuredOutputGrammar, allowed: npt.NDArray[np.bool_]) -> bool:
         return grammar.is_terminated() or bool((allowed & (self.lengths == 0)).any())
 
-    def _open_walk(self, grammar, mask, steps: int) -> int:
+    def _open_walk(self, grammar: StructuredOutputGrammar, mask: torch.Tensor, steps: int) -> int:
         """Up to `steps` tokens, each the longest allowed after which the text cannot end yet (of the
         CANDIDATES longest; the longest when all of them let it end)."""
         import numpy as np
@@ -162,7 +178,9 @@ class GrammarProbe:
             allowed, walked = after, walked + 1
         return walked
 
-    def _walk(self, grammar, mask, steps: int, random) -> int:
+    def _walk(
+        self, grammar: StructuredOutputGrammar, mask: torch.Tensor, steps: int, random: np.random.Generator
+    ) -> int:
         """Up to `steps` tokens drawn at random from those allowed, weighted by length."""
         import numpy as np
 
@@ -182,7 +200,16 @@ class GrammarProbe:
         return walked
 
 
-def serve(connection, vllm_config) -> None:
+# (error text, the parameter vLLM names): a specification vLLM refuses
+Refused: TypeAlias = tuple[str, str | None]
+
+
+def serve(
+    connection: Connection[
+        tuple[str] | tuple[CacheKey, ProbeResult | Refused], tuple[CacheKey, StructuredOutputsParams, int]
+    ],
+    vllm_config: VllmConfig,
+) -> None:
     """The probe process: ("ready",) once built, then one answer per (key, structured_outputs, steps):
     (key, ProbeResult) or (key, (error text, parameter)) for a specification vLLM refuses."""
     import torch
@@ -195,6 +222,7 @@ def serve(connection, vllm_config) -> None:
             key, structured_outputs, steps = connection.recv()
         except (EOFError, OSError):  # the worker has gone
             return
+        answer: ProbeResult | Refused
         try:
             answer = probe.check(structured_outputs, steps)
         except Exception as e:  # vLLM's refusal, or the backend's compile error: the job's error

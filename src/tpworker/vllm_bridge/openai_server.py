@@ -3,13 +3,27 @@ called in process (no HTTP hop)."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from vllm import SamplingParams
+    from vllm.config import ModelConfig
+    from vllm.engine.protocol import EngineClient, StreamingInput
+    from vllm.exceptions import VLLMValidationError
+    from vllm.inputs import EngineInput, PromptType
+    from vllm.outputs import PoolingRequestOutput, RequestOutput
+    from vllm.pooling_params import PoolingParams
+    from vllm.sampling_params import StructuredOutputsParams
+    from vllm.tasks import SupportedTask
+    from vllm.v1.engine import EngineCoreRequest
 
 from tpworker.vllm_bridge.asgi_call import call_asgi
 from tpworker.vllm_bridge.async_engine import is_engine_dead
@@ -42,13 +56,13 @@ class PreparedApp:
     """vLLM's HTTP application built beside the engine's start, for the tasks a model of its runner
     serves; OpenAIServer.create uses it when the engine reports those tasks."""
 
-    app: Any
-    args: Any
-    tasks: tuple[str, ...]
+    app: FastAPI
+    args: argparse.Namespace
+    tasks: tuple[SupportedTask, ...]
 
 
 def prepare(
-    model_config, chat_template: str | None, model: str, served_names: list[str], options: dict[str, Any]
+    model_config: ModelConfig, chat_template: str | None, model: str, served_names: list[str], options: dict[str, Any]
 ) -> PreparedApp | None:
     """What building the OpenAI layer does that needs no engine, done beforehand (beside the engine's
     start, in a thread; on this machine's CPU the build took 1.75 s, all of it holding the event loop):
@@ -73,13 +87,18 @@ def prepare(
     if model_config.runner_type != "generate":
         return None
     args = _server_args(options, model, served_names)
-    tasks = ("generate",)
+    tasks: tuple[SupportedTask, ...] = ("generate",)
     return PreparedApp(_build_app(args, tasks, model_config), args, tasks)
 
 
 def application(
-    prepared: PreparedApp | None, tasks: tuple[str, ...], model_config, model: str, served_names, options
-) -> tuple[Any, Any]:
+    prepared: PreparedApp | None,
+    tasks: tuple[SupportedTask, ...],
+    model_config: ModelConfig,
+    model: str,
+    served_names: list[str],
+    options: dict[str, Any],
+) -> tuple[FastAPI, argparse.Namespace]:
     """vLLM's application and its arguments for the tasks the engine serves: the prepared one when it
     was built for them, else one built now."""
     if prepared is not None and prepared.tasks == tasks:
@@ -88,13 +107,13 @@ def application(
     return _build_app(args, tasks, model_config), args
 
 
-def _server_args(options: dict[str, Any], model: str, served_names: list[str]):
+def _server_args(options: dict[str, Any], model: str, served_names: list[str]) -> argparse.Namespace:
     args = server_namespace(options)
     args.model, args.served_model_name = model, served_names
     return args
 
 
-def _build_app(args, tasks: tuple[str, ...], model_config):
+def _build_app(args: argparse.Namespace, tasks: tuple[SupportedTask, ...], model_config: ModelConfig) -> FastAPI:
     from vllm.entrypoints.launchers.app import build_app
 
     root, level = logging.getLogger(), logging.getLogger().level
@@ -111,23 +130,25 @@ class OpenAIReply:
     SSE event strings."""
 
     status: int
-    body: dict | None = None
-    events: AsyncIterator[str] | None = None
+    body: dict[str, Any] | None = None
+    events: AsyncGenerator[str, None] | None = None
 
 
 # (structured outputs, max_tokens) -> (constraint field, why it is refused), or None: serving.structured_check
-StructuredProblem = Callable[[Any, "int | None"], Awaitable["tuple[str, str] | None"]]
+StructuredProblem = Callable[["StructuredOutputsParams", "int | None"], Awaitable["tuple[str, str] | None"]]
 
 
-def _no_structured_problem(structured_outputs, max_tokens):
-    async def none():
+def _no_structured_problem(
+    structured_outputs: StructuredOutputsParams, max_tokens: int | None
+) -> Awaitable[tuple[str, str] | None]:
+    async def none() -> None:
         return None
 
     return none()
 
 
 @functools.cache
-def _refusal_type() -> type:
+def _refusal_type() -> type[VLLMValidationError]:
     from vllm.exceptions import VLLMValidationError
 
     class StructuredOutputRefused(VLLMValidationError):
@@ -161,6 +182,10 @@ def quiet_refusals() -> None:
                 logger.addFilter(_QuietRefusals())
 
 
+# what EngineClient.generate takes as its prompt
+GeneratePrompt: TypeAlias = "EngineCoreRequest | PromptType | EngineInput | AsyncGenerator[StreamingInput, None]"
+
+
 class LimitedEngineClient:
     """The AsyncLLM as vLLM's OpenAI serving objects see it, with this worker's limits applied to
     each request once vLLM has tokenized it: the prompt length is exact (chat template, tools and
@@ -170,42 +195,59 @@ class LimitedEngineClient:
 
     def __init__(
         self,
-        llm,
+        llm: EngineClient,
         prompt_problem: Callable[[int], str | None],
         max_output_tokens: int | None,
         structured_problem: StructuredProblem = _no_structured_problem,
-    ):
+    ) -> None:
         self._llm = llm
         self._prompt_problem, self._max_output_tokens = prompt_problem, max_output_tokens
         self._structured_problem = structured_problem
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._llm, name)
 
-    def _check_prompt(self, prompt) -> None:
+    def _check_prompt(self, prompt: object) -> None:
         count = len(prompt.get("prompt_token_ids") or ()) if isinstance(prompt, dict) else 0
         if problem := self._prompt_problem(count):
             raise ValueError(problem[0].upper() + problem[1:])  # vLLM's error mapping: a 400 with this message
 
-    def generate(self, prompt, sampling_params, request_id, *args, **kwargs):
+    def generate(
+        self, prompt: GeneratePrompt, sampling_params: SamplingParams, request_id: str, *args: Any, **kwargs: Any
+    ) -> AsyncGenerator[RequestOutput, None]:
         self._check_prompt(prompt)
         cap = self._max_output_tokens
-        if cap is not None and getattr(sampling_params, "max_tokens", None) is not None:
-            sampling_params.max_tokens = min(sampling_params.max_tokens, cap)
-        if getattr(sampling_params, "structured_outputs", None) is not None:
-            return self._checked_generate(prompt, sampling_params, request_id, *args, **kwargs)
+        if cap is not None and (max_tokens := sampling_params.max_tokens) is not None:
+            sampling_params.max_tokens = min(max_tokens, cap)
+        if (structured := sampling_params.structured_outputs) is not None:
+            return self._checked_generate(structured, prompt, sampling_params, request_id, *args, **kwargs)
         return self._llm.generate(prompt, sampling_params, request_id, *args, **kwargs)
 
-    async def _checked_generate(self, prompt, sampling_params, request_id, *args, **kwargs):
-        """The engine's outputs once the specification has passed the check (vLLM's serving objects
-        iterate this; a refusal is raised at the first step, before any output)."""
-        if problem := await self._structured_problem(sampling_params.structured_outputs, sampling_params.max_tokens):
+    async def _checked_generate(
+        self,
+        structured: StructuredOutputsParams,
+        prompt: GeneratePrompt,
+        sampling_params: SamplingParams,
+        request_id: str,
+        *args: Any,
+        **kwargs: Any,
+    ) -> AsyncGenerator[RequestOutput, None]:
+        """The engine's outputs once the specification `structured` has passed the check (vLLM's serving
+        objects iterate this; a refusal is raised at the first step, before any output)."""
+        if problem := await self._structured_problem(structured, sampling_params.max_tokens):
             raise structured_refusal(*problem)
         async with aclosing(self._llm.generate(prompt, sampling_params, request_id, *args, **kwargs)) as outputs:
             async for output in outputs:
                 yield output
 
-    def encode(self, prompt, pooling_params, request_id, *args, **kwargs):
+    def encode(
+        self,
+        prompt: PromptType | EngineInput,
+        pooling_params: PoolingParams,
+        request_id: str,
+        *args: Any,
+        **kwargs: Any,
+    ) -> AsyncGenerator[PoolingRequestOutput, None]:
         self._check_prompt(prompt)
         return self._llm.encode(prompt, pooling_params, request_id, *args, **kwargs)
 
@@ -216,13 +258,15 @@ class OpenAIServer:
     validation, templates, tool and reasoning parsers, response objects and errors as vLLM's
     server, without a socket."""
 
-    def __init__(self, app, llm, tasks: tuple[str, ...], headers: dict[str, str]):
+    def __init__(
+        self, app: FastAPI, llm: LimitedEngineClient, tasks: tuple[SupportedTask, ...], headers: dict[str, str]
+    ) -> None:
         self._app, self._llm, self.tasks, self._headers = app, llm, tasks, headers
 
     @classmethod
     async def create(
         cls,
-        llm,
+        llm: EngineClient,
         model: str,
         served_names: list[str],
         options: dict[str, Any],
@@ -240,20 +284,21 @@ class OpenAIServer:
         from vllm import envs
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 
-        llm = LimitedEngineClient(llm, prompt_problem, max_output_tokens, structured_problem)
-        tasks = tuple(await llm.get_supported_tasks())
-        app, args = application(prepared, tasks, llm.model_config, model, served_names, options)
+        limited = LimitedEngineClient(llm, prompt_problem, max_output_tokens, structured_problem)
+        tasks = tuple(await limited.get_supported_tasks())
+        app, args = application(prepared, tasks, limited.model_config, model, served_names, options)
         quiet_refusals()  # the serving modules are imported by now
         # the engine's final structured-output settings (REASONING_PARSER ends up there)
-        args.structured_outputs_config = llm.vllm_config.structured_outputs_config
-        await init_app_state(llm, app.state, args, supported_tasks=tasks)
+        args.structured_outputs_config = limited.vllm_config.structured_outputs_config
+        # the limited client answers as the engine client it wraps (its __getattr__)
+        await init_app_state(cast("EngineClient", limited), app.state, args, supported_tasks=tasks)
         # vLLM's engine-error handler asks the HTTP server to exit; here the worker decides that
         app.state.server = SimpleNamespace(should_exit=False)
         # RunPod authenticated the job; a VLLM_API_KEY set for vLLM's own server must not refuse it
         headers = {"authorization": f"Bearer {envs.VLLM_API_KEY}"} if envs.VLLM_API_KEY else {}
-        return cls(app, llm, tasks, headers)
+        return cls(app, limited, tasks, headers)
 
-    async def call(self, route: str, body: dict | None, method: str = "POST") -> OpenAIReply:
+    async def call(self, route: str, body: dict[str, Any] | None, method: str = "POST") -> OpenAIReply:
         """Run one request on one of vLLM's routes. Every failure comes back as the route's error
         object with its status (an engine that died is raised, for the worker to report)."""
         from vllm.v1.engine.exceptions import EngineDeadError
@@ -283,13 +328,13 @@ class OpenAIServer:
         return [path.name for path in models.base_model_paths], dict(models.lora_requests)
 
     @staticmethod
-    async def _texts(parts: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    async def _texts(parts: AsyncGenerator[bytes, None]) -> AsyncGenerator[str, None]:
         async with aclosing(parts):
             async for part in parts:
                 yield part.decode()
 
     @staticmethod
-    def error_from_exception(error: Exception) -> dict:
+    def error_from_exception(error: Exception) -> dict[str, Any]:
         """vLLM's own mapping of an exception to OpenAI's error object (status, type, param)."""
         from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 

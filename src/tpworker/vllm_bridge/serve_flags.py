@@ -71,7 +71,7 @@ def flags_to_variables(message: str) -> str:
     return re.sub(r"--([a-z0-9-]+)", lambda m: m.group(1).replace("-", "_").upper(), message)
 
 
-def server_namespace(values: dict[str, Any]):
+def server_namespace(values: dict[str, Any]) -> argparse.Namespace:
     """The argument namespace `vllm serve` would have: its defaults, then `values`."""
     namespace = serve_parser().parse_args([])
     for name, value in values.items():

@@ -25,6 +25,11 @@ from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vllm import AsyncEngineArgs
+    from vllm.config.logging import LoggingConfig
 
 # vLLM's start messages (after their optional "[prefix] "): the phase each marks.
 START_MESSAGES = {
@@ -85,14 +90,14 @@ class StartRecord:
 class StartRecords:
     """The records file of one engine start, and the logging configuration that fills it."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         handle, name = tempfile.mkstemp(prefix="tpworker-start-", suffix=".jsonl")
         self.path = Path(name)
         self.config_path = self.path.with_suffix(".logging.json")
         os.close(handle)
         self.config_path.write_text(json.dumps(self._logging_config()))
 
-    def _logging_config(self) -> dict:
+    def _logging_config(self) -> dict[str, Any]:
         from vllm.logger import DEFAULT_LOGGING_CONFIG
 
         config = deepcopy(DEFAULT_LOGGING_CONFIG)
@@ -109,7 +114,7 @@ class StartRecords:
         config["loggers"]["vllm"]["handlers"] = [*config["loggers"]["vllm"]["handlers"], "tpworker_start"]
         return config
 
-    def logging_config(self):
+    def logging_config(self) -> LoggingConfig:
         """vLLM's LoggingConfig for the engine's arguments (logging_config=)."""
         from vllm.config.logging import LoggingConfig
 
@@ -130,7 +135,7 @@ class StartRecords:
             path.unlink(missing_ok=True)
 
 
-def recordable(engine_args) -> str | None:
+def recordable(engine_args: AsyncEngineArgs) -> str | None:
     """Why the start records cannot be kept for these engine arguments, or None if they can: the user
     configured vLLM's logging themselves (their configuration is left as it is)."""
     import vllm.envs as envs
@@ -144,7 +149,7 @@ def recordable(engine_args) -> str | None:
     return None
 
 
-def _entries(lines: list[str]) -> Iterator[dict]:
+def _entries(lines: list[str]) -> Iterator[dict[str, Any]]:
     for line in lines:
         try:
             yield json.loads(line)
@@ -204,7 +209,9 @@ def _detail(phase: str, fields: dict[str, str]) -> str:
     return f"vLLM: {fields['seconds']} s" if "seconds" in fields else ""
 
 
-def _weights_mark(by_phase: dict, last: dict, ranks: int) -> tuple[str, float, str] | None:
+def _weights_mark(
+    by_phase: dict[str, list[StartRecord]], last: dict[str, StartRecord], ranks: int
+) -> tuple[str, float, str] | None:
     """Weights loaded, with GiB and GiB/s per rank: each rank's own figures where vLLM logs them
     (GPU: "Model loading took X GiB"), else the checkpoint's size shared by the ranks."""
     if "model loaded" in last:
@@ -235,7 +242,7 @@ class _NoRecords:
 
 
 @contextmanager
-def kept(engine_args) -> Iterator[StartRecords | _NoRecords]:
+def kept(engine_args: AsyncEngineArgs) -> Iterator[StartRecords | _NoRecords]:
     """Have vLLM's processes keep their start records while the engine starts (sets
     engine_args.logging_config), and remove the files after. Yields what gives the timeline marks: none
     when the user configured vLLM's logging (then the timeline has the worker's own marks only)."""

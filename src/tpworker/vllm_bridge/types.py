@@ -11,16 +11,20 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from vllm.config import ModelConfig, VllmConfig
     from vllm.engine.protocol import EngineClient
+    from vllm.inputs import EngineInput
     from vllm.outputs import PoolingRequestOutput, RequestOutput
+    from vllm.sampling_params import StructuredOutputsParams
     from vllm.tokenizers import TokenizerLike
     from vllm.v1.engine.async_llm import AsyncLLM
 
 __all__ = [
     "AsyncLLM",
     "EngineClient",
+    "EngineInput",
     "ModelConfig",
     "PoolingRequestOutput",
     "RequestOutput",
+    "StructuredOutputsParams",
     "TokenizerLike",
     "VllmConfig",
 ]
