@@ -125,6 +125,12 @@ def _bench(args: argparse.Namespace) -> int:
     return run.main(args)
 
 
+def _contract(args: argparse.Namespace) -> int:
+    from tpworker.contract.__main__ import main as check
+
+    return check(["--json"] if args.json else [])
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="tpworker", description="RunPod serverless worker for vLLM with tensor parallelism."
@@ -234,6 +240,15 @@ def parser() -> argparse.ArgumentParser:
 
     add_arguments(bench)
     bench.set_defaults(run=_bench)
+
+    contract = commands.add_parser(
+        "contract",
+        help="check the installed vLLM and runpod against the internals the worker uses",
+        description="One line per internal of vLLM or the RunPod SDK the worker relies on: ok, or what moved "
+        "and which of the worker's modules uses it. Exit status 1 when one moved.",
+    )
+    contract.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    contract.set_defaults(run=_contract)
     return root
 
 
@@ -245,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     if ray_args:
         args.ray_args = ray_args
     # Once, for every command, secrets redacted: commands that report and exit log plain lines.
-    configure_logging(COMMAND_FORMAT if args.command in ("plan", "download", "download-adapters") else SERVICE_FORMAT)
+    configure_logging(
+        COMMAND_FORMAT if args.command in ("plan", "download", "download-adapters", "contract") else SERVICE_FORMAT
+    )
     status: int = args.run(args)
     return status
 
