@@ -60,7 +60,7 @@ class Message(BaseModel):
     """An OpenAI-style chat message; content parts and tool fields are passed on to vLLM."""
 
     model_config = ConfigDict(extra="allow")
-    role: Literal[ROLES]  # type: ignore[valid-type]
+    role: Literal[ROLES]  # type: ignore[valid-type]  # a tuple of roles: Literal takes its members
     content: str | list[dict[str, Any]] | None = None
 
 
