@@ -20,8 +20,9 @@ import atexit
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from tpworker import timeline
 from tpworker.config.logs import configure_logging
@@ -29,13 +30,23 @@ from tpworker.config.settings import SettingsError, load_settings, start_policy
 from tpworker.errors import StartRefused
 from tpworker.serving.lifecycle import Lifecycle
 
+if TYPE_CHECKING:
+    from tpworker.config.settings import Settings
+    from tpworker.serving.jobs import JobOutput
+    from tpworker.serving.refused import RefusedWorker
+    from tpworker.serving.worker import Worker
+    from tpworker.startup.start import StartedWorker
+
 log = logging.getLogger("tpworker")
 
-_worker = None  # the worker handler.handler() sends jobs to
-_started = None  # the worker started on first use, when handler.py was imported rather than run
+# handler.py's handler(job): the job's outputs
+Handler: TypeAlias = "Callable[[Any], AsyncIterator[JobOutput]]"
+
+_worker: Worker | RefusedWorker | None = None  # the worker handler.handler() sends jobs to
+_started: StartedWorker | None = None  # the worker started on first use, when handler.py was imported rather than run
 
 
-def current_worker():
+def current_worker() -> Worker | RefusedWorker:
     """The worker handler.handler() sends jobs to. When handler.py was imported rather than run as a
     script (RunPod's local tools, a user's own tests), the first job starts it, as main() would: the
     job waits for the start (tens of seconds; nothing else is served meanwhile)."""
@@ -49,10 +60,11 @@ def current_worker():
         _started = start_worker(settings, plan_start(settings))
         atexit.register(_started.close)  # vLLM's processes end with this one
         set_current_worker(_started.worker)
+        return _started.worker
     return _worker
 
 
-async def handle(job):
+async def handle(job: Any) -> AsyncGenerator[JobOutput, None]:
     """handler.handler's body: the job's outputs, or, when the worker cannot start, one error that
     says why (503: no worker serves; the message names what to change)."""
     try:
@@ -67,15 +79,16 @@ async def handle(job):
         yield chunk
 
 
-def set_current_worker(worker) -> None:
+def set_current_worker(worker: Worker | RefusedWorker | None) -> None:
     """The worker handler.handler() sends jobs to (None: none). Set by main() once the worker has
     started; the benchmark and the tests set theirs, started the same way (startup.start)."""
     global _worker
     _worker = worker
 
 
-def _local_job(argv: list[str], handler_dir: Path, on_runpod: bool) -> dict | None:
-    """The job of a local test run, or None when RunPod's SDK should take over."""
+def _local_job(argv: list[str], handler_dir: Path, on_runpod: bool) -> Any:
+    """The job of a local test run (its JSON: an object, unless the user's is not), or None when RunPod's
+    SDK should take over."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--test_input")
     parser.add_argument("--rp_serve_api", action="store_true")
@@ -103,7 +116,7 @@ def _local_job(argv: list[str], handler_dir: Path, on_runpod: bool) -> dict | No
     return job
 
 
-def _refusal(job: dict, settings) -> dict | None:
+def _refusal(job: Any, settings: Settings) -> dict[str, Any] | None:
     """The error output the handler would give this job before generating, if any."""
     from tpworker.serving.batching import BatchPolicy
     from tpworker.serving.errors import JobError
@@ -122,7 +135,7 @@ def _refusal(job: dict, settings) -> dict | None:
     return None
 
 
-def main(handler: Callable, handler_file: str) -> int:
+def main(handler: Handler, handler_file: str) -> int:
     """Entry point of handler.py. Returns the process exit status."""
     configure_logging()  # before anything logs: secrets redacted from the first line
     lifecycle = Lifecycle()
@@ -152,7 +165,8 @@ def main(handler: Callable, handler_file: str) -> int:
         if local_job is not None:
             from tpworker.local_run import run_local_job
 
-            return asyncio.run(run_local_job(handler, local_job))
+            status: int = asyncio.run(run_local_job(handler, local_job))
+            return status
         import runpod
 
         from tpworker.serving import jobloop
@@ -183,7 +197,7 @@ def _serves_refusal(error: StartRefused, argv: list[str]) -> bool:
     return policy.on_runpod and not local and not error.retryable and policy.on_refused_start == "serve"
 
 
-def _serve_refusal(handler: Callable, lifecycle: Lifecycle, error: StartRefused) -> int:
+def _serve_refusal(handler: Handler, lifecycle: Lifecycle, error: StartRefused) -> int:
     """RunPod's job loop with every job answered by the refusal, until RunPod stops the worker."""
     import runpod
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -57,7 +57,7 @@ class BatchPolicy:
     def sizes(self) -> Iterator[float]:
         """Counted: the size of each chunk in turn (kept fractional, as worker-vllm does, so that factors
         like 1.5 still grow)."""
-        size = self.min_size
+        size: float = self.min_size
         while True:
             yield size
             size = min(size * self.growth_factor, self.max_size)
@@ -65,7 +65,7 @@ class BatchPolicy:
 
 async def chunks(
     source: AsyncIterator[Item], policy: BatchPolicy, size_of: Callable[[Item], int]
-) -> AsyncIterator[list[Item]]:
+) -> AsyncGenerator[list[Item], None]:
     """The items of `source` grouped into chunks by `policy` (size_of: tokens or events in an item).
     Closing this generator closes the source (an engine request is then aborted)."""
     grouped = _counted(source, policy, size_of) if policy.interval is None else _paced(source, policy.interval)
@@ -74,9 +74,12 @@ async def chunks(
             yield group
 
 
-async def _counted(source, policy: BatchPolicy, size_of) -> AsyncIterator[list]:
+async def _counted(
+    source: AsyncIterator[Item], policy: BatchPolicy, size_of: Callable[[Item], int]
+) -> AsyncGenerator[list[Item], None]:
     sizes = policy.sizes()
-    size, group, count = next(sizes), [], 0
+    group: list[Item] = []
+    size, count = next(sizes), 0
     try:
         async for item in source:
             group.append(item)
@@ -90,11 +93,11 @@ async def _counted(source, policy: BatchPolicy, size_of) -> AsyncIterator[list]:
         await _close(source)
 
 
-async def _paced(source, interval: float) -> AsyncIterator[list]:
+async def _paced(source: AsyncIterator[Item], interval: float) -> AsyncGenerator[list[Item], None]:
     """A reader task takes items as soon as they are made (so several made at once leave together),
     while this generator hands them over at most once per `interval`, and at once when the source ends."""
     loop = asyncio.get_running_loop()
-    ready: list = []
+    ready: list[Item] = []
     arrived, ended = asyncio.Event(), asyncio.Event()
     failure: list[BaseException] = []
 
@@ -132,6 +135,6 @@ async def _paced(source, interval: float) -> AsyncIterator[list]:
         await _close(source)
 
 
-async def _close(source) -> None:
+async def _close(source: AsyncIterator[object]) -> None:
     if (aclose := getattr(source, "aclose", None)) is not None:
         await aclose()

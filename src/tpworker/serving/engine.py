@@ -7,10 +7,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import psutil
 from vllm import AsyncEngineArgs, SamplingParams
@@ -19,7 +19,17 @@ from tpworker import timeline
 from tpworker.errors import StartRefused
 from tpworker.vllm_bridge import async_engine, prompts, start_failures, start_records
 
+if TYPE_CHECKING:
+    from tpworker.vllm_bridge.openai_server import PreparedApp
+    from tpworker.vllm_bridge.types import AsyncLLM, ModelConfig, RequestOutput, VllmConfig
+
 log = logging.getLogger(__name__)
+
+# vLLM's EngineInput (TypedDicts its renderer makes; vllm_bridge/types.py does not name it) and LoRARequest.
+EngineInput: TypeAlias = Any
+LoRARequest: TypeAlias = Any
+# start()'s beside_start: the OpenAI layer prepared from the model's configuration (None: nothing to prepare).
+BesideStart: TypeAlias = "Callable[[ModelConfig], PreparedApp | None]"
 
 
 class EngineStartError(StartRefused):
@@ -33,7 +43,7 @@ class EngineStartError(StartRefused):
 
 
 @contextmanager
-def _environment(variables: Mapping[str, str]):
+def _environment(variables: Mapping[str, str]) -> Iterator[None]:
     """Set variables for the engine's processes while they spawn, then restore ours."""
     saved = {name: os.environ.get(name) for name in variables}
     os.environ.update(variables)
@@ -51,7 +61,7 @@ class _Steps:
     """When the engine core last reported a step, and how many it has reported (read by the
     watchdog's thread)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.last = time.monotonic()
         self.reported = 0
 
@@ -66,7 +76,7 @@ class _Steps:
 def _engine_processes() -> dict[psutil.Process, str]:
     """vLLM's processes under this one, with their names: the engine core and, with TP/PP > 1 on
     one node, a process per rank (vLLM names them VLLM::EngineCore, VLLM::Worker_TP0, ...)."""
-    found = {}
+    found: dict[psutil.Process, str] = {}
     for child in psutil.Process().children(recursive=True):
         try:
             if (name := child.name()).startswith("VLLM::"):
@@ -85,16 +95,19 @@ def kill_engine_processes() -> None:
             pass
 
 
-def _beside_the_start(work: Callable[[Any], Any], model_config, started: threading.Event) -> Future:
+def _beside_the_start(
+    work: BesideStart, model_config: ModelConfig, started: threading.Event
+) -> Future[PreparedApp | None]:
     """Run `work(model_config)` in a thread once vLLM's engine processes are up (the main process
     then only waits for them; before that it builds vLLM's tokenizer and processors itself) or the
     start has ended. Its result: what work returned; None when it failed (it only saves time later)."""
-    done: Future = Future()
+    done: Future[PreparedApp | None] = Future()
 
-    def run():
+    def run() -> None:
         while not started.wait(0.05) and not _engine_processes():
             pass
-        began, result = time.monotonic(), None
+        began = time.monotonic()
+        result: PreparedApp | None = None
         try:
             result = work(model_config)
             log.info("%s beside the engine's start: %.2f s.", work.__name__, time.monotonic() - began)
@@ -109,14 +122,14 @@ def _beside_the_start(work: Callable[[Any], Any], model_config, started: threadi
 class Engine:
     def __init__(
         self,
-        llm,
+        llm: AsyncLLM,
         max_model_len: int,
         tensor_parallel_size: int,
         pipeline_parallel_size: int,
         steps: _Steps | None = None,
-        prepared: Future | None = None,
-    ):
-        self._llm = llm
+        prepared: Future[PreparedApp | None] | None = None,
+    ) -> None:
+        self._llm: AsyncLLM | None = llm
         self.max_model_len = max_model_len
         self.tensor_parallel_size = tensor_parallel_size
         self.pipeline_parallel_size = pipeline_parallel_size
@@ -130,7 +143,7 @@ class Engine:
         cls,
         engine_args: Mapping[str, Any],
         environment: Mapping[str, str] | None = None,
-        beside_start: Callable[[Any], Any] | None = None,
+        beside_start: BesideStart | None = None,
     ) -> Engine:
         """Start vLLM: validate the configuration, spawn the engine core and its ranks, load the
         weights. `environment` holds variables vLLM's processes must see (set before they spawn).
@@ -175,36 +188,46 @@ class Engine:
         )
 
     @property
-    def llm(self):
+    def llm(self) -> AsyncLLM:
         """The AsyncLLM itself, for vLLM's OpenAI serving layer (vllm_bridge.openai_server.OpenAIServer)."""
+        return self._live()
+
+    def _live(self) -> AsyncLLM:
+        if self._llm is None:
+            raise RuntimeError("the engine has been shut down")
         return self._llm
 
     @property
-    def vllm_config(self):
+    def vllm_config(self) -> VllmConfig:
         """vLLM's whole configuration of this engine (the structured-output probe builds on it)."""
-        return self._llm.vllm_config
+        return self._live().vllm_config
 
     @property
     def generates(self) -> bool:
         """False when the model runs as a pooling model: then only the pooling routes serve it."""
-        return async_engine.generates(self._llm)
+        answer: bool = async_engine.generates(self._live())
+        return answer
 
-    async def render_chat(self, messages: list[dict], chat_template: str | None, template_kwargs: dict) -> dict:
-        return await prompts.render_chat(self._llm, messages, chat_template, template_kwargs, self.max_model_len)
+    async def render_chat(
+        self, messages: list[dict[str, Any]], chat_template: str | None, template_kwargs: dict[str, Any]
+    ) -> EngineInput:
+        return await prompts.render_chat(self._live(), messages, chat_template, template_kwargs, self.max_model_len)
 
-    async def render_text(self, prompt: str) -> dict:
-        return await prompts.render_text(self._llm, prompt, self.max_model_len)
+    async def render_text(self, prompt: str) -> EngineInput:
+        return await prompts.render_text(self._live(), prompt, self.max_model_len)
 
-    def generate(self, engine_input: dict, params: SamplingParams, request_id: str, lora=None) -> AsyncIterator:
+    def generate(
+        self, engine_input: EngineInput, params: SamplingParams, request_id: str, lora: LoRARequest | None = None
+    ) -> AsyncGenerator[RequestOutput, None]:
         """RequestOutputs as the engine produces them (through the LoRA adapter `lora`, a vLLM
         LoRARequest, when given). Closing or cancelling the iteration aborts the request in the engine."""
-        return self._llm.generate(engine_input, params, request_id, lora_request=lora)
+        return self._live().generate(engine_input, params, request_id, lora_request=lora)
 
     async def abort(self, request_id: str) -> None:
-        await self._llm.abort(request_id)
+        await self._live().abort(request_id)
 
     def unfinished_requests(self) -> int:
-        return self._llm.get_num_unfinished_requests()
+        return self._live().get_num_unfinished_requests()
 
     @property
     def dead(self) -> bool:
@@ -214,7 +237,7 @@ class Engine:
 
     def lost_processes(self) -> list[str]:
         """vLLM processes started with the engine that have since exited: '<name> (pid N)'."""
-        lost = []
+        lost: list[str] = []
         for process, name in self.processes.items():
             try:
                 gone = not process.is_running() or process.status() == psutil.STATUS_ZOMBIE

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class JobError(Exception):
     """A job that cannot run. Becomes the job's one error output; the worker keeps serving."""
@@ -10,7 +12,7 @@ class JobError(Exception):
         super().__init__(message)
         self.message, self.param, self.type, self.code = message, param, type, code
 
-    def to_output(self) -> dict:
+    def to_output(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 

@@ -29,10 +29,14 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from runpod.http_client import TooManyRequests
 from runpod.serverless.modules import rp_scale
 from runpod.serverless.modules.worker_state import JobsProgress
+
+if TYPE_CHECKING:
+    from aiohttp import ClientSession  # runpod's session class derives from it
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +44,11 @@ FAILED_TAKE_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # after 1, 2, ... failed
 TOO_MANY_REQUESTS_BACKOFF_S = 5.0  # the SDK's own debounce
 BACKSTOP_S = 1.0  # the loops re-check this often even when no event came (they never rely on it)
 
-_on_loop_start: Callable[[], Awaitable | None] | None = None  # set by install()
+_on_loop_start: Callable[[], Awaitable[object] | None] | None = None  # set by install()
 
 
-class EventDrivenJobScaler(rp_scale.JobScaler):
-    def __init__(self, config):
+class EventDrivenJobScaler(rp_scale.JobScaler):  # type: ignore[misc]  # runpod ships no types
+    def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         self._job_queued = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -52,36 +56,37 @@ class EventDrivenJobScaler(rp_scale.JobScaler):
         self._taking = True  # get_jobs may still return jobs (a take can end after the stop)
         _keep_in_memory(self.job_progress)
 
-    async def run(self):
+    async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         if _on_loop_start is not None and (ready := _on_loop_start()) is not None:
             await ready  # the worker's warm-up: no job is taken before it ends
         await super().run()
 
-    def kill_worker(self):
+    def kill_worker(self) -> None:
         super().kill_worker()
         # Called from the SIGTERM handler, between two steps of the loop: wake both loops from the
         # loop itself, so that they see the shutdown now rather than at their backstop.
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake)
 
-    def _wake(self):
+    def _wake(self) -> None:
         self._job_queued.set()
         self._slot_freed.set()
 
     def jobs_held(self) -> int:
         """Jobs taken and not finished. The SDK adds a job to job_progress when it queues it, so
         this count already includes the queue (the SDK's current_occupancy adds the queue again)."""
-        return self.job_progress.get_job_count()
+        count: int = self.job_progress.get_job_count()
+        return count
 
-    async def get_jobs(self, session):
+    async def get_jobs(self, session: ClientSession) -> None:
         try:
             await self._take_jobs(session)
         finally:
             self._taking = False
             self._job_queued.set()
 
-    async def _take_jobs(self, session):
+    async def _take_jobs(self, session: ClientSession) -> None:
         failed_takes = 0
         while self.is_alive():
             await self.set_scale()
@@ -113,8 +118,8 @@ class EventDrivenJobScaler(rp_scale.JobScaler):
             if jobs:
                 self._job_queued.set()
 
-    async def run_jobs(self, session):
-        running: set[asyncio.Task] = set()
+    async def run_jobs(self, session: ClientSession) -> None:
+        running: set[asyncio.Task[None]] = set()
         # Until the last take has ended: a job it returns after a stop was taken from RunPod and is
         # run, not dropped (the SDK's loop stops as soon as its queue is empty).
         while self._taking or not self.jobs_queue.empty():
@@ -139,7 +144,7 @@ class EventDrivenJobScaler(rp_scale.JobScaler):
             if isinstance(result, Exception):
                 log.error("A job failed while the worker shut down: %s", result)
 
-    async def handle_job(self, session, job):
+    async def handle_job(self, session: ClientSession, job: dict[str, Any]) -> None:
         try:
             await super().handle_job(session, job)
         finally:
@@ -170,7 +175,7 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
         pass
 
 
-def install(on_loop_start: Callable[[], Awaitable | None] | None = None) -> None:
+def install(on_loop_start: Callable[[], Awaitable[object] | None] | None = None) -> None:
     """Make runpod.serverless.start run EventDrivenJobScaler (its worker module builds
     rp_scale.JobScaler by name when the loop starts). `on_loop_start()` is called inside the job
     loop's event loop as it starts, after the SDK has installed its signal handlers; what it

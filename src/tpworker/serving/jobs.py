@@ -14,13 +14,21 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from tpworker.serving.batching import BatchPolicy
 from tpworker.serving.errors import JobError
 from tpworker.serving.limits import Limits
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
+    from pydantic_core import ErrorDetails
+    from vllm import SamplingParams
+
+# One output of a job, as RunPod posts it: an object, or a stream's chunk of SSE text or of event objects.
+JobOutput: TypeAlias = dict[str, Any] | str | list[Any]
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 # The vLLM server routes a job may call, with the HTTP method each takes. Pooling routes answer
@@ -52,7 +60,7 @@ class Message(BaseModel):
     """An OpenAI-style chat message; content parts and tool fields are passed on to vLLM."""
 
     model_config = ConfigDict(extra="allow")
-    role: Literal[ROLES]  # type: ignore[valid-type]
+    role: Literal[ROLES]  # type: ignore[valid-type]  # a tuple of roles: Literal takes its members
     content: str | list[dict[str, Any]] | None = None
 
 
@@ -71,7 +79,7 @@ class NativeInput(BaseModel):
 
     @field_validator("messages")
     @classmethod
-    def _not_empty(cls, messages):
+    def _not_empty(cls, messages: list[Message] | None) -> list[Message] | None:
         if messages is not None and not messages:
             raise ValueError("must hold at least one message")
         return messages
@@ -110,8 +118,8 @@ def check_json_values(value: Any, path: str = "input", depth: int = 0) -> None:
 @dataclass(frozen=True)
 class NativeRequest:
     prompt: str | None  # a plain prompt, tokenized as is
-    messages: list[dict] | None  # or chat messages, rendered with the chat template
-    sampling_params: Any  # vllm.SamplingParams; max_tokens None = the worker's default
+    messages: list[dict[str, Any]] | None  # or chat messages, rendered with the chat template
+    sampling_params: SamplingParams  # max_tokens None = the worker's default
     stream: bool
     batching: BatchPolicy
     model: str | None = None  # None or the served name: the base model; else a LoRA adapter's name
@@ -120,12 +128,12 @@ class NativeRequest:
 TYPE_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
-def _is_type_step(part) -> bool:
+def _is_type_step(part: object) -> bool:
     """Steps pydantic adds to a location for the members of a union ('str', 'list[int]', ...)."""
     return isinstance(part, str) and (part in TYPE_NAMES or "[" in part or "(" in part)
 
 
-def _field_path(loc: tuple) -> str:
+def _field_path(loc: tuple[int | str, ...]) -> str:
     """pydantic's error location -> 'messages[0].role' (union member names left out)."""
     path = ""
     for part in (p for p in loc if not _is_type_step(p)):
@@ -136,7 +144,7 @@ def _field_path(loc: tuple) -> str:
     return path
 
 
-def _first_error(e: ValidationError, prefix: str = "", errors: list | None = None) -> JobError:
+def _first_error(e: ValidationError, prefix: str = "", errors: list[ErrorDetails] | None = None) -> JobError:
     """The first field pydantic refused, with every alternative it would have taken."""
     errors = errors or e.errors()
     err = errors[0]
@@ -154,7 +162,7 @@ def _first_error(e: ValidationError, prefix: str = "", errors: list | None = Non
     return JobError(f"{path}: {'; or '.join(dict.fromkeys(reasons))}.", param=path)
 
 
-def _sampling_params(raw: dict[str, Any], limits: Limits):
+def _sampling_params(raw: dict[str, Any], limits: Limits) -> SamplingParams:
     """vLLM SamplingParams from a job's dict: unknown names refused, types and ranges checked by
     vLLM's own validation, `n` limited by MAX_N."""
     from tpworker.vllm_bridge import sampling
@@ -167,11 +175,12 @@ def _sampling_params(raw: dict[str, Any], limits: Limits):
             param=f"sampling_params.{unknown[0]}",
         )
     try:
-        params = sampling.sampling_params(raw)
+        params: SamplingParams = sampling.sampling_params(raw)
     except ValidationError as e:
         # vLLM's adapter adds a generic "not a SamplingParams" error and a first location step
         # of its own; keep the field's errors, located from the field.
-        errors = [{**err, "loc": err["loc"][1:]} for err in e.errors() if len(err["loc"]) > 1] or e.errors()
+        errors: list[ErrorDetails] = [{**err, "loc": err["loc"][1:]} for err in e.errors() if len(err["loc"]) > 1]
+        errors = errors or e.errors()
         raise _first_error(e, prefix="sampling_params.", errors=errors) from None
     except sampling.InvalidParameter as e:  # vLLM's range checks
         param = f"sampling_params.{e.parameter}" if e.parameter else "sampling_params"
@@ -185,17 +194,16 @@ def _sampling_params(raw: dict[str, Any], limits: Limits):
 
 
 @functools.cache
-def _openai_messages():
+def _openai_messages() -> TypeAdapter[ChatCompletionMessageParam]:
     """OpenAI's own message types (the openai package's), told apart by role: what each role requires."""
     from typing import Annotated
 
     from openai.types.chat import ChatCompletionMessageParam
-    from pydantic import TypeAdapter
 
     return TypeAdapter(Annotated[ChatCompletionMessageParam, Field(discriminator="role")])
 
 
-def _check_messages_as_openai_does(messages: list[dict]) -> None:
+def _check_messages_as_openai_does(messages: list[dict[str, Any]]) -> None:
     """The fields each role requires, as OpenAI's API requires them (a tool message its tool_call_id,
     a user message its content, ...), by OpenAI's own types."""
     for index, message in enumerate(messages):
@@ -242,7 +250,9 @@ def parse_native(
     return NativeRequest(prompt, messages, sampling, native.stream, batching, native.model)
 
 
-def _as_openai_request(params: dict, messages: list[dict] | None, prompt: str | None, stream: bool, limits: Limits):
+def _as_openai_request(
+    params: dict[str, Any], messages: list[dict[str, Any]] | None, prompt: str | None, stream: bool, limits: Limits
+) -> OpenAIRequest:
     """Chat messages -> /v1/chat/completions, a prompt -> /v1/completions, the sampling parameters
     as the body's fields (vLLM's OpenAI requests take its sampling fields; the model is the served one)."""
     body = dict(params)
@@ -260,7 +270,7 @@ def _as_openai_request(params: dict, messages: list[dict] | None, prompt: str | 
 @dataclass(frozen=True)
 class OpenAIRequest:
     route: str  # one of ROUTES
-    body: dict | None  # None: a request without a body (GET)
+    body: dict[str, Any] | None  # None: a request without a body (GET)
     method: str = "POST"
 
     @property
@@ -272,7 +282,7 @@ class OpenAIRequest:
 OPENAI_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
-def _check_openai_body(route: str, body: dict, limits: Limits) -> None:
+def _check_openai_body(route: str, body: dict[str, Any], limits: Limits) -> None:
     """What this worker refuses beyond vLLM's own checks: its limits, and (as OpenAI's API does)
     chat roles it does not know, which vLLM would pass to the template as they are."""
     messages = body.get("messages") if route == "/v1/chat/completions" else None
@@ -288,13 +298,13 @@ def _check_openai_body(route: str, body: dict, limits: Limits) -> None:
         limits.check_output_tokens(body.get(name), name)
 
 
-ROUTE_FORMS = {  # job form -> (route field, body field, its other fields)
+ROUTE_FORMS: dict[str, tuple[str, str, set[str]]] = {  # job form -> (route field, body field, its other fields)
     "openai": ("openai_route", "openai_input", set()),
     "route": ("route", "body", {"method"}),
 }
 
 
-def parse_route_job(job_input: dict, limits: Limits) -> OpenAIRequest:
+def parse_route_job(job_input: dict[str, Any], limits: Limits) -> OpenAIRequest:
     """Either form: {"openai_route", "openai_input"} or {"route", "body", "method"}."""
     form = "openai" if ("openai_route" in job_input or "openai_input" in job_input) else "route"
     if form == "openai" and {"route", "body", "method"} & set(job_input):

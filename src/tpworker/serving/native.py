@@ -11,19 +11,26 @@ entry per generated token, {"token", "token_id", "logprob", "top_logprobs": [k b
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from vllm.sampling_params import RequestOutputKind
 
 from tpworker.serving.batching import chunks
-from tpworker.serving.engine import Engine
+from tpworker.serving.engine import Engine, EngineInput, LoRARequest
 from tpworker.serving.errors import JobError
 from tpworker.serving.jobs import NativeRequest
 from tpworker.serving.limits import Limits
 from tpworker.serving.structured_check import StructuredOutputCheck
 from tpworker.vllm_bridge import prompts, sampling
+
+if TYPE_CHECKING:
+    from tpworker.vllm_bridge.types import RequestOutput
+
+# vLLM's SampleLogprobs, a {token id: Logprob} per position (vllm_bridge/types.py does not name it)
+SampleLogprobs: TypeAlias = Any
 
 
 @dataclass(frozen=True)
@@ -32,18 +39,18 @@ class ChatOptions:
     keyword arguments for it."""
 
     template: str | None = None
-    template_kwargs: dict = field(default_factory=dict)
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 class StreamBatcher:
     """Collects the text pieces (and logprobs) of each choice until the next chunk is taken."""
 
-    def __init__(self, n: int, with_logprobs: bool = False):
+    def __init__(self, n: int, with_logprobs: bool = False) -> None:
         self.tokens: list[list[str]] = [[] for _ in range(n)]
-        self.logprobs: list[list[dict]] | None = [[] for _ in range(n)] if with_logprobs else None
+        self.logprobs: list[list[dict[str, Any]]] | None = [[] for _ in range(n)] if with_logprobs else None
         self.finish_reasons: list[str | None] = [None] * n
 
-    def add(self, index: int, text: str, finish_reason: str | None, logprobs=()) -> None:
+    def add(self, index: int, text: str, finish_reason: str | None, logprobs: Iterable[dict[str, Any]] = ()) -> None:
         if text:  # an end-of-sequence token counts, but has no text to show
             self.tokens[index].append(text)
         if self.logprobs is not None:
@@ -51,8 +58,8 @@ class StreamBatcher:
         if finish_reason is not None:
             self.finish_reasons[index] = finish_reason
 
-    def take(self, usage: dict) -> dict:
-        choices = [
+    def take(self, usage: dict[str, int]) -> dict[str, Any]:
+        choices: list[dict[str, Any]] = [
             {"tokens": tokens, "finish_reason": reason}
             for tokens, reason in zip(self.tokens, self.finish_reasons, strict=True)
         ]
@@ -65,7 +72,7 @@ class StreamBatcher:
         return chunk
 
 
-def token_logprobs(token_ids, logprobs, k: int) -> list[dict]:
+def token_logprobs(token_ids: Sequence[int], logprobs: SampleLogprobs | None, k: int) -> list[dict[str, Any]]:
     """vLLM's per-position {token_id: Logprob} -> one plain entry per generated token."""
     entries = []
     for token_id, candidates in zip(token_ids, logprobs or [], strict=False):  # no logprobs asked: none
@@ -84,12 +91,12 @@ def token_logprobs(token_ids, logprobs, k: int) -> list[dict]:
     return entries
 
 
-async def _engine_input(engine: Engine, request: NativeRequest, chat: ChatOptions) -> dict:
+async def _engine_input(engine: Engine, request: NativeRequest, chat: ChatOptions) -> EngineInput:
     field = "messages" if request.messages is not None else "prompt"
     try:
         if request.messages is not None:
             return await engine.render_chat(request.messages, chat.template, chat.template_kwargs)
-        return await engine.render_text(request.prompt)
+        return await engine.render_text(cast(str, request.prompt))  # the job has a prompt when no messages
     except Exception as e:  # the template or the tokenizer refused the input
         if sampling.as_invalid_parameter(e) or isinstance(e, (ValueError, TypeError, KeyError)):
             raise JobError(f"{field}: {' '.join(str(e).split())}", param=field) from None
@@ -117,7 +124,7 @@ def _fit_max_tokens(request: NativeRequest, prompt_tokens: int, context: int, de
         )
 
 
-def _tokens_in(output) -> int:
+def _tokens_in(output: RequestOutput) -> int:
     return sum(len(choice.token_ids) for choice in output.outputs)
 
 
@@ -129,9 +136,9 @@ async def generate(
     default_max_tokens: int,
     job_id: str,
     limits: Limits,
-    lora=None,
+    lora: LoRARequest | None = None,
     structured: StructuredOutputCheck | None = None,
-) -> AsyncIterator[dict]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """`lora`: the vLLM LoRARequest of the adapter the job names (None: the base model). `structured`: the
     check a structured-output specification passes before the engine gets it."""
     engine_input = await _engine_input(engine, request, chat)

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from typing import Any, cast
 
 from tpworker.serving.batching import BatchPolicy, chunks
-from tpworker.serving.engine import Engine
+from tpworker.serving.engine import Engine, LoRARequest
 from tpworker.serving.errors import JobError
-from tpworker.serving.jobs import GENERATION_ROUTES, OpenAIRequest
+from tpworker.serving.jobs import GENERATION_ROUTES, JobOutput, OpenAIRequest
 from tpworker.serving.limits import Limits
-from tpworker.serving.structured_check import StructuredOutputCheck
+from tpworker.serving.structured_check import StructuredOutputCheck, StructuredOutputs
 from tpworker.vllm_bridge import sampling
-from tpworker.vllm_bridge.openai_server import OpenAIServer
+from tpworker.vllm_bridge.openai_server import OpenAIServer, PreparedApp
 from tpworker.vllm_bridge.serve_flags import flags_to_variables
 
 # The models vLLM registers each route for (its build_app), in words, for the 404 of a route a model lacks.
@@ -36,7 +37,7 @@ _SERVED_FOR = {
 }
 
 
-def _structured_field(param: str, body: dict) -> str:
+def _structured_field(param: str, body: dict[str, Any]) -> str:
     """The body field that carried a structured-output specification vLLM made: the request names it as
     structured_outputs, response_format, a forced tool (its parameters' schema) or the Responses API's text."""
     if "structured_outputs" in body:
@@ -50,7 +51,7 @@ def _structured_field(param: str, body: dict) -> str:
     return param
 
 
-def _located(message: str, param: str | None, body: dict) -> tuple[str, str | None]:
+def _located(message: str, param: str | None, body: dict[str, Any]) -> tuple[str, str | None]:
     """vLLM's error message in this worker's terms: its command-line flags as our variables
     (--trust-request-chat-template -> TRUST_REQUEST_CHAT_TEMPLATE), and a grammar that does not
     compile, or a specification the worker refused, attributed to the field that carried it."""
@@ -68,7 +69,7 @@ def _located(message: str, param: str | None, body: dict) -> tuple[str, str | No
     return message, param
 
 
-def _stream_error(text: str) -> dict | None:
+def _stream_error(text: str) -> dict[str, Any] | None:
     """The error object of a stream's first event, when the stream begins with one (OpenAI's
     `data: {"error": {...}}`, Anthropic's `event: error`)."""
     for line in text.split("\n"):
@@ -82,14 +83,14 @@ def _stream_error(text: str) -> dict | None:
     return None
 
 
-async def _after(first: str | None, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+async def _after(first: str | None, rest: AsyncIterator[str]) -> AsyncGenerator[str, None]:
     if first is not None:
         yield first
     async for text in rest:
         yield text
 
 
-def _served(base: list[str], adapters: dict) -> str:
+def _served(base: list[str], adapters: dict[str, Any]) -> str:
     served = f"Served: {', '.join(base)} (the model)"
     if adapters:
         served += f" and the LoRA adapters {', '.join(adapters)}"
@@ -102,12 +103,12 @@ class OpenAIRoutes:
         engine: Engine,
         model: str,
         served_names: list[str],
-        options: dict,
+        options: dict[str, Any],
         batching: BatchPolicy,
         limits: Limits,
         raw_output: bool = True,
         structured: StructuredOutputCheck | None = None,
-    ):
+    ) -> None:
         self.engine = engine
         self.structured = structured
         self.limits = limits
@@ -121,7 +122,7 @@ class OpenAIRoutes:
         """Built on first use, inside the event loop that serves jobs (vLLM binds to it)."""
         async with self._creating:
             if self._server is None:
-                prepared = None  # what the build needs, prepared beside the engine's start
+                prepared: PreparedApp | None = None  # what the build needs, prepared beside the engine's start
                 if self.engine.prepared is not None:
                     prepared = await asyncio.wrap_future(self.engine.prepared)
                 self._server = await OpenAIServer.create(
@@ -136,14 +137,16 @@ class OpenAIRoutes:
                 )
         return self._server
 
-    async def _structured_problem(self, structured_outputs, max_tokens: int | None) -> tuple[str, str] | None:
+    async def _structured_problem(
+        self, structured_outputs: StructuredOutputs, max_tokens: int | None
+    ) -> tuple[str, str] | None:
         """(constraint field, why) when a request's structured-output specification must not reach the engine."""
         if self.structured is None:
             return None
         refusal = await self.structured.problem(structured_outputs, max_tokens)
         return (refusal.field, refusal.message) if refusal else None
 
-    async def adapter(self, name: str | None):
+    async def adapter(self, name: str | None) -> LoRARequest | None:
         """The LoRA adapter a native job names: None for the base model (no name, or a served name),
         vLLM's LoRARequest for an adapter; an unknown name is a 404 naming what is served."""
         base, adapters = (await self.server()).model_names()
@@ -161,28 +164,28 @@ class OpenAIRoutes:
     def close(self) -> None:
         self._server = None
 
-    async def run(self, request: OpenAIRequest) -> AsyncIterator:
+    async def run(self, request: OpenAIRequest) -> AsyncGenerator[JobOutput, None]:
         server = await self.server()
         reply = await server.call(request.route, request.body, request.method)
         if reply.events is None:
+            body = cast("dict[str, Any]", reply.body)  # a reply without events has a body (OpenAIServer.call)
             if reply.status >= 400:
-                raise self._error(request, reply.status, reply.body, server)
-            yield reply.body
+                raise self._error(request, reply.status, body, server)
+            yield body
             return
         async with aclosing(reply.events) as events:
             first = await anext(events, None)
             if first is not None and (error := _stream_error(first)) is not None:
                 # refused before any output (the worker's structured-output check): the job's one error
-                raise self._error(
-                    request, error.get("code") if isinstance(error.get("code"), int) else 400, {"error": error}, server
-                )
+                status = code if isinstance(code := error.get("code"), int) else 400
+                raise self._error(request, status, {"error": error}, server)
             async for batch in self._batched(_after(first, events)):
                 yield batch
 
     @staticmethod
-    def _error(request: OpenAIRequest, status: int, body: dict, server: OpenAIServer) -> JobError:
+    def _error(request: OpenAIRequest, status: int, body: dict[str, Any], server: OpenAIServer) -> JobError:
         """The route's error object (OpenAI's, Anthropic's, or FastAPI's {"detail"}) as the job's error."""
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        error = found if isinstance(found := body.get("error"), dict) else {}
         if status == 404 and body.get("detail") == "Not Found":  # vLLM registers no such route for this model
             return JobError(
                 f"{request.route} is not served for this model: vLLM serves it for "
@@ -195,16 +198,16 @@ class OpenAIRoutes:
         message, param = _located(message, error.get("param"), request.body or {})
         if status == 404 and param == "model" and server.model_names()[1]:
             message = f"{message.rstrip('.')}. {_served(*server.model_names())}"  # vLLM names the base model only
-        code = error.get("code") if isinstance(error.get("code"), int) else status
+        code = found_code if isinstance(found_code := error.get("code"), int) else status
         return JobError(message, param=param, type=error.get("type", "BadRequestError"), code=code)
 
-    async def _batched(self, events: AsyncIterator[str]) -> AsyncIterator:
+    async def _batched(self, events: AsyncIterator[str]) -> AsyncGenerator[str | list[Any], None]:
         """Whole SSE events, grouped into chunks by the batching policy (paced by time, or counted in events)."""
         async with aclosing(chunks(events, self.batching, lambda text: text.count("\n\n"))) as groups:
             async for group in groups:
                 yield self._shape(group)
 
-    def _shape(self, texts: list[str]):
+    def _shape(self, texts: list[str]) -> str | list[Any]:
         if self.raw_output:
             return "".join(texts)
         # RAW_OPENAI_OUTPUT=false (worker-vllm's option): the chunk objects, without [DONE]

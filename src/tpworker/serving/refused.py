@@ -5,7 +5,8 @@ Imports neither vLLM nor the engine: a refusal may come before either could load
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import Any
 
 from tpworker.errors import StartRefused
 from tpworker.serving.errors import service_unavailable
@@ -20,7 +21,7 @@ def refusal_message(error: StartRefused) -> str:
 
 
 class RefusedWorker:
-    def __init__(self, lifecycle: Lifecycle, error: StartRefused):
+    def __init__(self, lifecycle: Lifecycle, error: StartRefused) -> None:
         self.lifecycle = lifecycle
         self.error = service_unavailable(refusal_message(error))
         lifecycle.post(State.REFUSED, refusal_message(error), self.error)
@@ -28,5 +29,5 @@ class RefusedWorker:
     def concurrency(self, current: int = 0) -> int:
         return REFUSED_CONCURRENCY
 
-    async def handle(self, job) -> AsyncIterator[dict]:
+    async def handle(self, job: Any) -> AsyncGenerator[dict[str, Any], None]:
         yield (self.lifecycle.refusal() or self.error).to_output()

@@ -21,11 +21,22 @@ import multiprocessing
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from tpworker.serving.errors import JobError
 from tpworker.vllm_bridge import grammar_probe
 
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkServerContext
+
+    from tpworker.vllm_bridge.types import VllmConfig
+
 log = logging.getLogger(__name__)
+
+Key: TypeAlias = tuple[Any, ...]  # a specification's grammar_probe.cache_key
+# vLLM's StructuredOutputsParams (vllm_bridge/types.py does not name it)
+StructuredOutputs: TypeAlias = Any
+Value = TypeVar("Value")
 
 # Tokens of a specification walked before the engine gets it (fewer when the job asks for fewer).
 WALK_TOKENS = 256
@@ -50,7 +61,7 @@ def start_fork_server() -> None:
     multiprocessing.forkserver.ensure_running()
 
 
-def _context():
+def _context() -> ForkServerContext:
     """Processes forked from a fork server (started on first use, single-threaded, with the probe's modules
     imported once: grammar_probe.PRELOAD), not from the worker itself, whose threads a fork would copy."""
     context = multiprocessing.get_context("forkserver")
@@ -61,7 +72,7 @@ def _context():
 class ProbeProcess:
     """The probe process and its connection; asked one specification at a time."""
 
-    def __init__(self, vllm_config):
+    def __init__(self, vllm_config: VllmConfig) -> None:
         context = _context()
         self.connection, child = context.Pipe()
         self.process = context.Process(
@@ -70,12 +81,17 @@ class ProbeProcess:
         self.process.start()
         child.close()
 
-    async def receive(self):
-        """The next message from the process; EOFError when it has died."""
+    async def receive(self) -> Any:
+        """The next message from the process (unpickled); EOFError when it has died."""
         loop = asyncio.get_running_loop()
-        ready: asyncio.Future = loop.create_future()
+        ready: asyncio.Future[None] = loop.create_future()
         descriptor = self.connection.fileno()
-        loop.add_reader(descriptor, lambda: ready.done() or ready.set_result(None))
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(descriptor, wake)
         try:
             await ready
         finally:
@@ -89,14 +105,14 @@ class ProbeProcess:
 
 
 class StructuredOutputCheck:
-    def __init__(self, vllm_config, timeout: float):
+    def __init__(self, vllm_config: VllmConfig, timeout: float) -> None:
         self.vllm_config, self.timeout = vllm_config, timeout
-        self._probe: asyncio.Task | None = None  # ProbeProcess, once started and ready
-        self._spare: asyncio.Task | None = None  # the next one, kept from the first kill on
+        self._probe: asyncio.Task[ProbeProcess] | None = None  # ProbeProcess, once started and ready
+        self._spare: asyncio.Task[ProbeProcess] | None = None  # the next one, kept from the first kill on
         self._one_at_a_time = asyncio.Lock()
-        self._passed: OrderedDict[tuple, float] = OrderedDict()  # key -> tokens walked (inf: walked to its end)
-        self._refused: OrderedDict[tuple, Refusal] = OrderedDict()
-        self._checking: dict[tuple, tuple[int, asyncio.Task]] = {}  # key -> (tokens, its check in progress)
+        self._passed: OrderedDict[Key, float] = OrderedDict()  # key -> tokens walked (inf: walked to its end)
+        self._refused: OrderedDict[Key, Refusal] = OrderedDict()
+        self._checking: dict[Key, tuple[int, asyncio.Task[None]]] = {}  # key -> (tokens, its check in progress)
         self._processes: set[ProbeProcess] = set()  # every one started and not killed
 
     def close(self) -> None:
@@ -107,10 +123,14 @@ class StructuredOutputCheck:
 
     def start(self) -> None:
         """Start the probe process now, in the background (call inside the event loop that serves jobs)."""
+        self._started_probe()
+
+    def _started_probe(self) -> asyncio.Task[ProbeProcess]:
         if self._probe is None:
             self._probe, self._spare = self._spare or self._new_probe(), None
+        return self._probe
 
-    def _new_probe(self) -> asyncio.Task:
+    def _new_probe(self) -> asyncio.Task[ProbeProcess]:
         return asyncio.get_running_loop().create_task(self._start_probe())
 
     async def _start_probe(self) -> ProbeProcess:
@@ -122,7 +142,7 @@ class StructuredOutputCheck:
         log.info("Structured-output probe process ready in %.1f s.", time.monotonic() - began)
         return probe
 
-    async def problem(self, structured_outputs, max_tokens: int | None) -> Refusal | None:
+    async def problem(self, structured_outputs: StructuredOutputs, max_tokens: int | None) -> Refusal | None:
         """Why this specification must not reach the engine, or None when it may."""
         key = grammar_probe.cache_key(structured_outputs)
         steps = min(max_tokens or WALK_TOKENS, WALK_TOKENS)
@@ -138,19 +158,24 @@ class StructuredOutputCheck:
             # shielded: a job cancelled meanwhile leaves the check to finish (and the probe process in step)
             await asyncio.shield(checking[1])
 
-    async def _check(self, key: tuple, structured_outputs, steps: int) -> None:
+    async def _check(self, key: Key, structured_outputs: StructuredOutputs, steps: int) -> None:
         try:
             async with self._one_at_a_time:
                 refusal, walked = await self._probe_once(key, structured_outputs, steps)
-            _remember(self._refused if refusal else self._passed, key, refusal or walked)
+            if refusal:
+                _remember(self._refused, key, refusal)
+            else:
+                _remember(self._passed, key, walked)
         finally:
             if self._checking.get(key, (0, None))[1] is asyncio.current_task():
                 del self._checking[key]
 
-    async def _probe_once(self, key: tuple, structured_outputs, steps: int) -> tuple[Refusal | None, float]:
-        self.start()
+    async def _probe_once(
+        self, key: Key, structured_outputs: StructuredOutputs, steps: int
+    ) -> tuple[Refusal | None, float]:
+        started = self._started_probe()
         try:
-            probe = await self._probe
+            probe = await started
         except Exception as e:
             self._probe = None  # try again with the next job
             raise JobError(
@@ -197,7 +222,7 @@ def too_costly(field: str, steps: int, timeout: float) -> str:
     )
 
 
-def _remember(store: OrderedDict, key: tuple, value) -> None:
+def _remember(store: OrderedDict[Key, Value], key: Key, value: Value) -> None:
     store[key] = value
     store.move_to_end(key)
     while len(store) > REMEMBERED:

@@ -20,6 +20,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tpworker.serving.engine import Engine
+    from tpworker.serving.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +39,7 @@ REPORT_TIMEOUT_S = 10
 FIRST_STEP_GRACE_S = 120
 
 
-def engine_problem(engine, stall_timeout: float) -> str | None:
+def engine_problem(engine: Engine, stall_timeout: float) -> str | None:
     """Why the engine cannot serve any more, or None while it is healthy."""
     if lost := engine.lost_processes():
         return f"{', '.join(lost)} exited"
@@ -52,7 +57,9 @@ def engine_problem(engine, stall_timeout: float) -> str | None:
 
 
 class Watchdog(threading.Thread):
-    def __init__(self, engine, worker, stall_timeout: float, exit: Callable[[int], None] = os._exit):
+    def __init__(
+        self, engine: Engine, worker: Worker, stall_timeout: float, exit: Callable[[int], None] = os._exit
+    ) -> None:
         super().__init__(name="tpworker-watchdog", daemon=True)
         self.engine, self.worker, self.stall_timeout, self._exit = engine, worker, stall_timeout, exit
         self._stop_event = threading.Event()

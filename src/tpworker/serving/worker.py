@@ -14,8 +14,9 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator
+from types import FrameType
+from typing import Any, cast
 
 from tpworker import timeline
 from tpworker.config.variables import WorkerSettings
@@ -23,7 +24,7 @@ from tpworker.serving import native
 from tpworker.serving.batching import BatchPolicy
 from tpworker.serving.engine import Engine
 from tpworker.serving.errors import JobError, service_unavailable
-from tpworker.serving.jobs import OpenAIRequest, parse_job
+from tpworker.serving.jobs import JobOutput, OpenAIRequest, parse_job
 from tpworker.serving.lifecycle import Lifecycle, State
 from tpworker.serving.limits import Limits
 from tpworker.serving.openai_routes import OpenAIRoutes
@@ -43,7 +44,9 @@ WARMUP_INPUT = {
 ENGINE_STOPPED = "The engine has stopped; this worker is restarting. Retry the request."
 
 
-async def _until_stopped(outputs: AsyncIterator, stop: asyncio.Future) -> AsyncIterator:
+async def _until_stopped(
+    outputs: AsyncGenerator[JobOutput, None], stop: asyncio.Future[None]
+) -> AsyncGenerator[JobOutput, None]:
     """`outputs`, until `stop` gets an exception: then the pending step is cancelled (which aborts
     the engine request) and that exception is raised. Cancelling the job does the same."""
     try:
@@ -56,7 +59,7 @@ async def _until_stopped(outputs: AsyncIterator, stop: asyncio.Future) -> AsyncI
                     step.cancel()
                     await asyncio.gather(step, return_exceptions=True)
             if step.cancelled():
-                raise stop.exception()
+                raise cast(BaseException, stop.exception())  # stop ended first: with its error
             try:
                 value = step.result()
             except StopAsyncIteration:
@@ -84,7 +87,7 @@ class Worker:
         chat: native.ChatOptions,
         lifecycle: Lifecycle | None = None,
         structured: StructuredOutputCheck | None = None,
-    ):
+    ) -> None:
         self.engine = engine
         self.structured = structured
         self.settings = settings
@@ -94,10 +97,10 @@ class Worker:
         self.limits = Limits.from_settings(settings)
         self.lifecycle = lifecycle or Lifecycle()
         self.lifecycle.on_change(self._state_changed)
-        self._in_flight: dict[int, asyncio.Future] = {}  # one stop future per running job
+        self._in_flight: dict[int, asyncio.Future[None]] = {}  # one stop future per running job
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._openai_build: asyncio.Task | None = None  # held so that the task is not collected mid-build
+        self._openai_build: asyncio.Task[None] | None = None  # held so that the task is not collected mid-build
         self._idle = asyncio.Event()  # set while no job is in flight
         self._idle.set()
 
@@ -113,7 +116,7 @@ class Worker:
         """RunPod's concurrency_modifier: how many jobs this worker takes at once."""
         return self.settings.max_concurrency
 
-    def loop_started(self) -> asyncio.Task | None:
+    def loop_started(self) -> asyncio.Task[None] | None:
         """Called by the job loop once it runs (jobloop.install), inside the event loop that will
         serve the jobs and after RunPod's SDK has installed its SIGTERM handler: chain ours onto
         it, and start the warm-up request and the OpenAI serving layer's build in that loop (vLLM's
@@ -199,7 +202,7 @@ class Worker:
             return  # signal handlers belong to the main thread (tests run jobs elsewhere)
         previous = signal.getsignal(signal.SIGTERM)
 
-        def on_sigterm(signum, frame):
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
             if callable(previous):
                 previous(signum, frame)  # RunPod's: stop taking jobs, drain the ones taken
             self.shutdown()
@@ -223,14 +226,14 @@ class Worker:
 
     # ---------------------------------------------------------------- jobs
 
-    async def handle(self, job: Any) -> AsyncIterator:
+    async def handle(self, job: Any) -> AsyncGenerator[JobOutput, None]:
         first_job = timeline.TIMELINE.mark_once("first job taken")
         async for chunk in self._run(job):
             if first_job and timeline.TIMELINE.mark_once("first output sent"):
                 log.info("Start-up timeline to the first job's first output: %s.", timeline.TIMELINE.summary())
             yield chunk
 
-    async def _run(self, job: Any) -> AsyncIterator:
+    async def _run(self, job: Any) -> AsyncGenerator[JobOutput, None]:
         job_id = str(job.get("id", "job")) if isinstance(job, dict) else "job"
         loop = asyncio.get_running_loop()
         if self._loop is None or self._loop.is_closed():  # no job loop (tests, handler.py imported): theirs
@@ -252,6 +255,7 @@ class Worker:
                 limits=self.limits,
                 native_output=self.settings.native_output_format,
             )
+            outputs: AsyncGenerator[JobOutput, None]
             if isinstance(request, OpenAIRequest):
                 outputs = self.openai.run(request)
             elif not self.engine.generates:
@@ -294,7 +298,7 @@ class Worker:
                 stop.exception()  # retrieved, so asyncio does not warn about it
 
 
-def _end(stop: asyncio.Future, error: JobError) -> None:
+def _end(stop: asyncio.Future[None], error: JobError) -> None:
     if not stop.done():
         stop.set_exception(error)
 
@@ -304,7 +308,7 @@ def build_worker(
     settings: WorkerSettings,
     model: str,
     served_names: list[str],
-    openai_options: dict,
+    openai_options: dict[str, Any],
     lifecycle: Lifecycle | None = None,
 ) -> Worker:
     """The worker handler.py runs: native jobs and OpenAI routes over one engine, sharing the
