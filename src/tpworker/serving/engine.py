@@ -21,13 +21,10 @@ from tpworker.vllm_bridge import async_engine, prompts, start_failures, start_re
 
 if TYPE_CHECKING:
     from tpworker.vllm_bridge.openai_server import PreparedApp
-    from tpworker.vllm_bridge.types import AsyncLLM, ModelConfig, RequestOutput, VllmConfig
+    from tpworker.vllm_bridge.types import AsyncLLM, EngineInput, LoRARequest, ModelConfig, RequestOutput, VllmConfig
 
 log = logging.getLogger(__name__)
 
-# vLLM's EngineInput (TypedDicts its renderer makes; vllm_bridge/types.py does not name it) and LoRARequest.
-EngineInput: TypeAlias = Any
-LoRARequest: TypeAlias = Any
 # start()'s beside_start: the OpenAI layer prepared from the model's configuration (None: nothing to prepare).
 BesideStart: TypeAlias = "Callable[[ModelConfig], PreparedApp | None]"
 

@@ -10,16 +10,17 @@ entry per generated token, {"token", "token_id", "logprob", "top_logprobs": [k b
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from vllm.sampling_params import RequestOutputKind
 
 from tpworker.serving.batching import chunks
-from tpworker.serving.engine import Engine, EngineInput, LoRARequest
+from tpworker.serving.engine import Engine
 from tpworker.serving.errors import JobError
 from tpworker.serving.jobs import NativeRequest
 from tpworker.serving.limits import Limits
@@ -27,10 +28,7 @@ from tpworker.serving.structured_check import StructuredOutputCheck
 from tpworker.vllm_bridge import prompts, sampling
 
 if TYPE_CHECKING:
-    from tpworker.vllm_bridge.types import RequestOutput
-
-# vLLM's SampleLogprobs, a {token id: Logprob} per position (vllm_bridge/types.py does not name it)
-SampleLogprobs: TypeAlias = Any
+    from tpworker.vllm_bridge.types import EngineInput, Logprob, LoRARequest, RequestOutput, SampleLogprobs
 
 
 @dataclass(frozen=True)
@@ -72,12 +70,19 @@ class StreamBatcher:
         return chunk
 
 
+def _rank(logprob: Logprob) -> int:
+    return logprob.rank if logprob.rank is not None else sys.maxsize  # unranked: last
+
+
 def token_logprobs(token_ids: Sequence[int], logprobs: SampleLogprobs | None, k: int) -> list[dict[str, Any]]:
     """vLLM's per-position {token_id: Logprob} -> one plain entry per generated token."""
     entries = []
     for token_id, candidates in zip(token_ids, logprobs or [], strict=False):  # no logprobs asked: none
-        chosen = candidates[token_id]
-        best = sorted((c for c in candidates.items() if k < 0 or c[1].rank <= k), key=lambda c: c[1].rank)
+        position = candidates or {}  # vLLM's type allows an empty position; it fills each one asked for
+        chosen = position[token_id]
+        best = sorted(
+            (c for c in position.items() if k < 0 or _rank(c[1]) <= k), key=lambda candidate: _rank(candidate[1])
+        )
         entries.append(
             {
                 "token": chosen.decoded_token,

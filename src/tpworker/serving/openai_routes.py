@@ -13,17 +13,20 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from tpworker.serving.batching import BatchPolicy, chunks
 from tpworker.serving.engine import Engine, LoRARequest
 from tpworker.serving.errors import JobError
 from tpworker.serving.jobs import GENERATION_ROUTES, JobOutput, OpenAIRequest
 from tpworker.serving.limits import Limits
-from tpworker.serving.structured_check import StructuredOutputCheck, StructuredOutputs
+from tpworker.serving.structured_check import StructuredOutputCheck
 from tpworker.vllm_bridge import sampling
 from tpworker.vllm_bridge.openai_server import OpenAIServer, PreparedApp
 from tpworker.vllm_bridge.serve_flags import flags_to_variables
+
+if TYPE_CHECKING:
+    from tpworker.vllm_bridge.types import StructuredOutputsParams
 
 # The models vLLM registers each route for (its build_app), in words, for the 404 of a route a model lacks.
 _GENERATIVE = "a generative model (RUNNER=generate, the default for a *ForCausalLM checkpoint)"
@@ -138,7 +141,7 @@ class OpenAIRoutes:
         return self._server
 
     async def _structured_problem(
-        self, structured_outputs: StructuredOutputs, max_tokens: int | None
+        self, structured_outputs: StructuredOutputsParams, max_tokens: int | None
     ) -> tuple[str, str] | None:
         """(constraint field, why) when a request's structured-output specification must not reach the engine."""
         if self.structured is None:

@@ -29,13 +29,11 @@ from tpworker.vllm_bridge import grammar_probe
 if TYPE_CHECKING:
     from multiprocessing.context import ForkServerContext
 
-    from tpworker.vllm_bridge.types import VllmConfig
+    from tpworker.vllm_bridge.types import StructuredOutputsParams, VllmConfig
 
 log = logging.getLogger(__name__)
 
 Key: TypeAlias = tuple[Any, ...]  # a specification's grammar_probe.cache_key
-# vLLM's StructuredOutputsParams (vllm_bridge/types.py does not name it)
-StructuredOutputs: TypeAlias = Any
 Value = TypeVar("Value")
 
 # Tokens of a specification walked before the engine gets it (fewer when the job asks for fewer).
@@ -142,7 +140,7 @@ class StructuredOutputCheck:
         log.info("Structured-output probe process ready in %.1f s.", time.monotonic() - began)
         return probe
 
-    async def problem(self, structured_outputs: StructuredOutputs, max_tokens: int | None) -> Refusal | None:
+    async def problem(self, structured_outputs: StructuredOutputsParams, max_tokens: int | None) -> Refusal | None:
         """Why this specification must not reach the engine, or None when it may."""
         key = grammar_probe.cache_key(structured_outputs)
         steps = min(max_tokens or WALK_TOKENS, WALK_TOKENS)
@@ -158,7 +156,7 @@ class StructuredOutputCheck:
             # shielded: a job cancelled meanwhile leaves the check to finish (and the probe process in step)
             await asyncio.shield(checking[1])
 
-    async def _check(self, key: Key, structured_outputs: StructuredOutputs, steps: int) -> None:
+    async def _check(self, key: Key, structured_outputs: StructuredOutputsParams, steps: int) -> None:
         try:
             async with self._one_at_a_time:
                 refusal, walked = await self._probe_once(key, structured_outputs, steps)
@@ -171,7 +169,7 @@ class StructuredOutputCheck:
                 del self._checking[key]
 
     async def _probe_once(
-        self, key: Key, structured_outputs: StructuredOutputs, steps: int
+        self, key: Key, structured_outputs: StructuredOutputsParams, steps: int
     ) -> tuple[Refusal | None, float]:
         started = self._started_probe()
         try:

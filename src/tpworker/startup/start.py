@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,7 +14,7 @@ from tpworker.config.settings import Settings
 from tpworker.startup.plan import StartPlan
 
 if TYPE_CHECKING:  # imported when the worker starts: they import vLLM
-    from tpworker.serving.engine import Engine
+    from tpworker.serving.engine import BesideStart, Engine
     from tpworker.serving.lifecycle import Lifecycle
     from tpworker.serving.watchdog import Watchdog
     from tpworker.serving.worker import Worker
@@ -67,7 +66,7 @@ def start_worker(
     return StartedWorker(engine, worker, watchdog)
 
 
-def start_engine(settings: Settings, plan: StartPlan, beside_start: Callable[[ModelConfig], object]) -> Engine:
+def start_engine(settings: Settings, plan: StartPlan, beside_start: BesideStart) -> Engine:
     """The engine, started from the plan; when vLLM refuses it for want of KV cache or memory and its
     message says which setting to lower (START_MEMORY_RETRY), started once more with that setting lowered,
     and a warning that says how to set it for good."""

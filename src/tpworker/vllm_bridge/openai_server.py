@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from vllm.engine.protocol import EngineClient, StreamingInput
     from vllm.exceptions import VLLMValidationError
     from vllm.inputs import EngineInput, PromptType
+    from vllm.lora.request import LoRARequest
     from vllm.outputs import PoolingRequestOutput, RequestOutput
     from vllm.pooling_params import PoolingParams
     from vllm.sampling_params import StructuredOutputsParams
@@ -321,7 +322,7 @@ class OpenAIServer:
             answer = {"error": {"message": raw.decode(errors="replace"), "type": "InternalServerError"}}
         return OpenAIReply(response.status, answer)
 
-    def model_names(self) -> tuple[list[str], dict[str, Any]]:
+    def model_names(self) -> tuple[list[str], dict[str, LoRARequest]]:
         """The base model's served names, and the LoRA adapters served (name -> vLLM's LoRARequest,
         with the ids vLLM's own routes use, so both job forms share one adapter slot in the engine)."""
         models = self._app.state.openai_serving_models

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from vllm.config import ModelConfig, VllmConfig
     from vllm.engine.protocol import EngineClient
     from vllm.inputs import EngineInput
+    from vllm.logprobs import Logprob, SampleLogprobs
+    from vllm.lora.request import LoRARequest
     from vllm.outputs import PoolingRequestOutput, RequestOutput
     from vllm.sampling_params import StructuredOutputsParams
     from vllm.tokenizers import TokenizerLike
@@ -21,9 +23,12 @@ __all__ = [
     "AsyncLLM",
     "EngineClient",
     "EngineInput",
+    "Logprob",
+    "LoRARequest",
     "ModelConfig",
     "PoolingRequestOutput",
     "RequestOutput",
+    "SampleLogprobs",
     "StructuredOutputsParams",
     "TokenizerLike",
     "VllmConfig",
