@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tpworker.bench.options import ROUTE_ORDER
 from tpworker.bench.targets import reference
@@ -19,7 +20,7 @@ COLORS = {
 TP_STYLES = ("-", "--", ":", "-.")
 
 
-def chart(result: dict, path: Path) -> None:
+def chart(result: dict[str, Any], path: Path) -> None:
     """Left: output tokens/s against concurrency, a line per path and TP size (median, min-max).
     Right: each as a fraction of its reference's (the targets' references), where the lines
     on the left would overlap."""

@@ -21,17 +21,26 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tpworker import timeline
 from tpworker.bench import paths
 from tpworker.bench.workload import Workload, prompt
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from tpworker.bench.machine import LoadWatch
+    from tpworker.startup.plan import StartPlan
+    from tpworker.startup.start import StartedWorker
+    from tpworker.vllm_bridge.types import AsyncLLM
 
 KINDS = ("raw", "worker", "worker-no-warmup")
 JOBS = 10  # requests after the start: the first against the median of the rest (jobs 2-10)
 START_SECONDS = 900
 
 
-def start_raw(spec: dict):
+def start_raw(spec: dict[str, Any]) -> AsyncLLM:
     """vLLM's AsyncLLM from the worker's engine arguments, its start records kept as the worker keeps them."""
     from vllm import AsyncEngineArgs, AsyncLLMEngine
 
@@ -48,7 +57,7 @@ def start_raw(spec: dict):
     return llm
 
 
-def start_worker(spec: dict):
+def start_worker(spec: dict[str, Any]) -> tuple[StartedWorker, paths.Handler]:
     """The worker as handler.py's main() starts it, and handler.py's handler in front of it."""
     import importlib.util
 
@@ -63,6 +72,8 @@ def start_worker(spec: dict):
     started = start_worker(settings, plan_start(settings, plan_layout(settings)), watched=False)
     app.set_current_worker(started.worker)
     loader = importlib.util.spec_from_file_location("tpworker_bench_handler", spec["handler"])
+    if loader is None or loader.loader is None:
+        raise ImportError(f"cannot load {spec['handler']} as a module")
     module = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(module)
     return started, module.handler
@@ -70,7 +81,7 @@ def start_worker(spec: dict):
 
 async def first_tokens(runner: paths.Runner, body: str, jobs: int, tag: str) -> list[float]:
     """Time to first token of `jobs` streamed requests sent one after another, in ms."""
-    out = []
+    out: list[float] = []
     for i in range(jobs):
         (timing,) = await paths.one_round(runner, [prompt(body, f"{tag} job {i + 1}")], True)
         if timing.error or timing.first is None:
@@ -81,7 +92,7 @@ async def first_tokens(runner: paths.Runner, body: str, jobs: int, tag: str) -> 
     return out
 
 
-def run_start(spec: dict) -> dict:
+def run_start(spec: dict[str, Any]) -> dict[str, Any]:
     workload = Workload(prompt_tokens=spec["prompt_tokens"], output_tokens=spec["output_tokens"], concurrency=(1,))
     tag = f"{spec['kind']} tp{spec['tp']} start {spec['start']}"
     if spec["kind"] == "raw":
@@ -121,9 +132,16 @@ def order(round_index: int) -> tuple[str, ...]:
     return KINDS[shift:] + KINDS[:shift]
 
 
-def run_starts(options, plans: dict, body: str, folder: Path, console, load) -> dict:
+def run_starts(
+    options: argparse.Namespace,
+    plans: dict[int, tuple[StartPlan, dict[str, str]]],
+    body: str,
+    folder: Path,
+    console: Console,
+    load: LoadWatch,
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """{tp: {kind: [start result, ...]}}, the starts of each TP size run interleaved."""
-    runs: dict = {}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for tp, (plan, env) in plans.items():
         engine_args_file = folder / "logs" / f"tp{tp}-engine-args.pickle"
         engine_args_file.write_bytes(pickle.dumps(plan.engine_args))
@@ -155,7 +173,7 @@ def run_starts(options, plans: dict, body: str, folder: Path, console, load) -> 
     return runs
 
 
-def one_start(spec: dict, env: dict[str, str], logs: Path) -> dict:
+def one_start(spec: dict[str, Any], env: dict[str, str], logs: Path) -> dict[str, Any]:
     name = f"tp{spec['tp']}-{spec['kind']}-{spec['start']}"
     spec_file, out_file = logs / f"{name}.spec.json", logs / f"{name}.json"
     spec_file.write_text(json.dumps(spec))
@@ -180,7 +198,8 @@ def one_start(spec: dict, env: dict[str, str], logs: Path) -> dict:
             child.wait()
     if not out_file.exists():
         return {"error": f"the start wrote no result within {START_SECONDS} s (log: {log.name})"}
-    return json.loads(out_file.read_text())
+    result: dict[str, Any] = json.loads(out_file.read_text())
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

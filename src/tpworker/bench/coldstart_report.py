@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 from tpworker.bench.coldstart import JOBS, KINDS
 
@@ -24,11 +25,11 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def _ends(start: dict) -> dict[str, float]:
+def _ends(start: dict[str, Any]) -> dict[str, float]:
     return {phase["phase"]: phase["ends_at"] for phase in start["phases"]}
 
 
-def summarize(starts: list[dict]) -> dict:
+def summarize(starts: list[dict[str, Any]]) -> dict[str, Any]:
     """One kind's starts at one TP size: each phase's median end, the cold start and the first tokens."""
     good = [s for s in starts if "error" not in s]
     ends: dict[str, list[float]] = {}
@@ -54,22 +55,22 @@ def summarize(starts: list[dict]) -> dict:
     }
 
 
-def summaries(runs: dict) -> dict:
+def summaries(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, dict[str, Any]]]:
     return {tp: {kind: summarize(starts) for kind, starts in kinds.items()} for tp, kinds in runs.items()}
 
 
-def added_by_worker(summary: dict) -> dict:
+def added_by_worker(summary: dict[str, dict[str, Any]]) -> dict[str, float]:
     """The worker's start against the raw engine's, in seconds (medians): to the engine's being ready, to
     the first job's first token, and from the one to the other within a start."""
     raw, worker = summary["raw"], summary["worker"]
-    out = {}
+    out: dict[str, float] = {}
     for key in ("engine_ready_s", "first_token_s", "ready_to_first_token_s"):
         if raw[key] is not None and worker[key] is not None:
             out[key] = worker[key] - raw[key]
     return out
 
 
-def phase_rows(summary: dict) -> list[list[str]]:
+def phase_rows(summary: dict[str, Any]) -> list[list[str]]:
     """A row per phase, in the order the worker reaches them (then the raw engine's own); a column per
     kind: 'ends at (lasted)'."""
     worker = summary["worker"]["phase_ends_s"]
@@ -77,7 +78,7 @@ def phase_rows(summary: dict) -> list[list[str]]:
         {phase for kind in KINDS for phase in summary[kind]["phase_ends_s"]},
         key=lambda p: worker.get(p, min(summary[k]["phase_ends_s"].get(p, float("inf")) for k in KINDS)),
     )
-    rows = []
+    rows: list[list[str]] = []
     for phase in order:
         row = [phase]
         for kind in KINDS:
@@ -91,8 +92,8 @@ def phase_rows(summary: dict) -> list[list[str]]:
     return rows
 
 
-def first_job_rows(all_summaries: dict) -> list[list[str]]:
-    rows = []
+def first_job_rows(all_summaries: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
     for tp, summary in all_summaries.items():
         for kind in KINDS:
             s = summary[kind]
@@ -133,7 +134,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict[str, Any]) -> str:
     out = [f"# Cold starts: {result['model']}", "", f"`{result['command']}`", "", result["machine_line"], "", NOTE, ""]
     out += ["## First token and the first job", "", *_table(FIRST_JOB_HEADER, first_job_rows(result["summary"])), ""]
     for tp, summary in result["summary"].items():
@@ -148,7 +149,7 @@ def markdown(result: dict) -> str:
     return "\n".join(out)
 
 
-def chart(result: dict, path: Path) -> None:
+def chart(result: dict[str, Any], path: Path) -> None:
     """A bar per TP size and kind, split into its phases (median durations)."""
     import matplotlib
 
@@ -179,7 +180,7 @@ def chart(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write(result: dict, folder: Path) -> None:
+def write(result: dict[str, Any], folder: Path) -> None:
     (folder / "result.json").write_text(json.dumps(result, indent=1))
     (folder / "result.md").write_text(markdown(result))
     chart(result, folder / "cold_start.png")

@@ -18,13 +18,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
 from tpworker.bench import fairness_report, machine
 from tpworker.bench.fairness_jobs import measure_sizes, scenarios, valid_job
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 CONCURRENCY = 4  # valid clients
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
@@ -35,28 +40,34 @@ WORKER_ENV = {"MAX_MODEL_LEN": "2048", "KV_CACHE_MEMORY_BYTES": "1G", "MAX_CONCU
 
 now = time.perf_counter
 
+Job = dict[str, Any]  # a job's record (run_job), or a job's input: JSON
+Load = Callable[[], Awaitable[list[Job]]]  # the valid load of one scenario
+Quiet = Callable[[float], Awaitable[bool]]  # waits (at most the seconds given) until the worker's CPU is idle
+
 
 class Client:
     """RunPod's endpoint API as a client uses it: /run, /stream (long polls) until final, /cancel, /health."""
 
-    def __init__(self, http: httpx.AsyncClient):
+    def __init__(self, http: httpx.AsyncClient) -> None:
         self.http = http
 
-    async def submit(self, job_input: dict) -> str:
-        return (await self.http.post("/run", json={"input": job_input})).json()["id"]
+    async def submit(self, job_input: Job) -> str:
+        job_id: str = (await self.http.post("/run", json={"input": job_input})).json()["id"]
+        return job_id
 
-    async def status(self, job_id: str) -> dict:
-        return (await self.http.get(f"/status/{job_id}")).json()
+    async def status(self, job_id: str) -> dict[str, Any]:
+        shown: dict[str, Any] = (await self.http.get(f"/status/{job_id}")).json()
+        return shown
 
-    async def final(self, job_id: str, seconds: float) -> dict:
+    async def final(self, job_id: str, seconds: float) -> dict[str, Any]:
         """The job's view once it is final, or the last seen after `seconds`."""
         deadline = now() + seconds
         while True:
-            shown = (await self.http.get(f"/stream/{job_id}")).json()
+            shown: dict[str, Any] = (await self.http.get(f"/stream/{job_id}")).json()
             if shown["status"] in FINAL or now() > deadline:
                 return shown
 
-    async def runsync(self, job_input: dict) -> dict:
+    async def runsync(self, job_input: Job) -> dict[str, Any]:
         job_id = await self.submit(job_input)
         await self.final(job_id, 120)
         return await self.status(job_id)
@@ -66,10 +77,11 @@ class Client:
 
     async def idle(self) -> bool:
         shown = (await self.http.get("/health")).json()
-        return shown["workers"]["idle"] >= 1 and shown["jobs"]["inProgress"] == shown["jobs"]["inQueue"] == 0
+        idle: bool = shown["workers"]["idle"] >= 1 and shown["jobs"]["inProgress"] == shown["jobs"]["inQueue"] == 0
+        return idle
 
 
-async def run_job(client: Client, kind: str, job_input: dict, began: float, seconds: float = JOB_SECONDS) -> dict:
+async def run_job(client: Client, kind: str, job_input: Job, began: float, seconds: float = JOB_SECONDS) -> Job:
     """One job, submit to final: its status, latency (s) and error."""
     sent = now()
     job_id = await client.submit(job_input)
@@ -78,7 +90,7 @@ async def run_job(client: Client, kind: str, job_input: dict, began: float, seco
     if status not in FINAL:
         await client.cancel(job_id)
         status = "TIMEOUT"
-    record = {"kind": kind, "id": job_id, "status": status, "at_s": round(sent - began, 3)}
+    record: Job = {"kind": kind, "id": job_id, "status": status, "at_s": round(sent - began, 3)}
     record["latency_s"] = round(now() - sent, 3)
     record["queued_ms"], record["executed_ms"] = shown.get("delayTime"), shown.get("executionTime")
     if shown.get("error") is not None:
@@ -86,18 +98,19 @@ async def run_job(client: Client, kind: str, job_input: dict, began: float, seco
     return record
 
 
-async def valid_load(client: Client, jobs: int, began: float, concurrency: int = CONCURRENCY) -> list[dict]:
-    indexes, records = iter(range(jobs)), [None] * jobs
+async def valid_load(client: Client, jobs: int, began: float, concurrency: int = CONCURRENCY) -> list[Job]:
+    indexes = iter(range(jobs))
+    records: list[Job | None] = [None] * jobs
 
-    async def one_client():
+    async def one_client() -> None:
         for index in indexes:  # shared: each client takes the next job when its last one is done
             records[index] = await run_job(client, *valid_job(index), began)
 
     await asyncio.gather(*(one_client() for _ in range(concurrency)))
-    return records
+    return cast(list[Job], records)  # the clients filled every index
 
 
-async def single(client: Client, job_input: dict, load, head_start: float = 0.0):
+async def single(client: Client, job_input: Job, load: Load, head_start: float = 0.0) -> tuple[list[Job], Job]:
     """The hostile request first (taken by the worker), `head_start` seconds alone (a costly request costs
     more the longer it runs: a regex's mask at every token, n sequences' KV cache), then the load while it is
     in flight, then its outcome."""
@@ -106,13 +119,13 @@ async def single(client: Client, job_input: dict, load, head_start: float = 0.0)
     while (await client.status(job_id))["status"] == "IN_QUEUE" and now() - sent < 60:
         await asyncio.sleep(0.05)
 
-    async def watch():
+    async def watch() -> tuple[dict[str, Any], float]:
         return await client.final(job_id, float("inf")), now()
 
     watcher = asyncio.create_task(watch())
     await asyncio.wait([watcher], timeout=head_start)
     valid = await load()
-    outcome = {"id": job_id, "load_ended_s": round(now() - sent, 2)}
+    outcome: dict[str, Any] = {"id": job_id, "load_ended_s": round(now() - sent, 2)}
     if watcher.done():
         shown, ended = watcher.result()
         kind = {"COMPLETED": "completed", "FAILED": "refused"}.get(shown["status"], shown["status"].lower())
@@ -126,11 +139,12 @@ async def single(client: Client, job_input: dict, load, head_start: float = 0.0)
     return valid, outcome
 
 
-async def repeated(client: Client, make_input, load):
+async def repeated(client: Client, make_input: Callable[[int], Job], load: Load) -> tuple[list[Job], Job]:
     """The hostile request sent back to back by one more client while the load runs."""
-    began, done, jobs = now(), asyncio.Event(), []
+    began, done = now(), asyncio.Event()
+    jobs: list[Job] = []
 
-    async def repeat():
+    async def repeat() -> None:
         while not done.is_set():
             jobs.append(await run_job(client, "context-limit", make_input(len(jobs)), began, 120))
             if jobs[-1]["status"] != "COMPLETED":
@@ -143,12 +157,12 @@ async def repeated(client: Client, make_input, load):
     return valid, {"outcome": "repeated", "jobs": jobs}
 
 
-async def settle(client: Client, quiet=None) -> dict:
+async def settle(client: Client, quiet: Quiet | None = None) -> dict[str, Any]:
     """Until the endpoint reports the worker idle, then (quiet) until its processes' CPU use is back to idle."""
     began = now()
     while not await client.idle() and now() - began < SETTLE_SECONDS:
         await asyncio.sleep(0.5)
-    settled = {"idle_after_s": round(now() - began, 2)}
+    settled: dict[str, Any] = {"idle_after_s": round(now() - began, 2)}
     if quiet is not None:
         settled["quiet"] = await quiet(SETTLE_SECONDS - (now() - began))
         settled["quiet_after_s"] = round(now() - began, 2)
@@ -156,23 +170,33 @@ async def settle(client: Client, quiet=None) -> dict:
 
 
 async def run_scenarios(
-    client: Client, jobs: int, sizes: dict, quiet=None, log=print, head_start: float = 0.0, only=None
-) -> list[dict]:
+    client: Client,
+    jobs: int,
+    sizes: dict[str, Any],
+    quiet: Quiet | None = None,
+    log: Callable[[str], object] = print,
+    head_start: float = 0.0,
+    only: Collection[str] | None = None,
+) -> list[dict[str, Any]]:
     """Every scenario in order, or (only) the baselines and the hostile ones named."""
-    done = []
+    done: list[dict[str, Any]] = []
     for name, what, kind, job_input in scenarios(sizes):
         if only and kind is not None and name not in only:
             continue
         log(f"{name}: {what} ...")
         began = now()
-        load = lambda began=began: valid_load(client, jobs, began)  # noqa: E731
-        if kind == "single":
-            valid, outcome = await single(client, job_input, load, head_start)
-        elif kind == "repeated":
-            valid, outcome = await repeated(client, job_input, load)
+
+        def load(began: float = began) -> Awaitable[list[Job]]:
+            return valid_load(client, jobs, began)
+
+        outcome: Job | None
+        if kind == "single":  # its input, a job's
+            valid, outcome = await single(client, cast(Job, job_input), load, head_start)
+        elif kind == "repeated":  # its input maker
+            valid, outcome = await repeated(client, cast(Callable[[int], Job], job_input), load)
         else:
             valid, outcome = await load(), None
-        scenario = {"name": name, "what": what, "valid": valid, "pathological": outcome}
+        scenario: dict[str, Any] = {"name": name, "what": what, "valid": valid, "pathological": outcome}
         scenario["wall_s"] = round(now() - began, 2)
         scenario["settle"] = await settle(client, quiet)
         done.append(scenario)
@@ -187,7 +211,7 @@ class CpuQuiet:
     """The dev server's process tree (worker, vLLM's processes): CPU cores used, and waiting until that is
     back near what it used idle (a cancelled request's work may go on inside the engine)."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int) -> None:
         import psutil
 
         self.root, self.idle_cores = psutil.Process(pid), 0.0
@@ -195,7 +219,7 @@ class CpuQuiet:
     def _times(self) -> dict[int, float]:
         import psutil
 
-        times = {}
+        times: dict[int, float] = {}
         for process in [self.root, *self.root.children(recursive=True)]:
             try:
                 cpu = process.cpu_times()
@@ -254,7 +278,9 @@ def command_line(options: argparse.Namespace) -> str:
     return " ".join(parts + ([f"--name {options.name}"] if options.name else []))
 
 
-async def bench(url: str, server: subprocess.Popen, options, console, load: machine.LoadWatch) -> dict:
+async def bench(
+    url: str, server: subprocess.Popen[bytes], options: argparse.Namespace, console: Console, load: machine.LoadWatch
+) -> dict[str, Any]:
     def log(text: str) -> None:
         load.sample()
         console.print(text)
@@ -278,7 +304,8 @@ async def bench(url: str, server: subprocess.Popen, options, console, load: mach
         quiet = CpuQuiet(server.pid)
         # Until three seconds in a row are quiet (the worker's start-up tail: the structured-output probe
         # process starts once it has warmed up), at most a minute; the quietest second is the idle level.
-        samples, deadline = [], now() + 60
+        samples: list[float] = []
+        deadline = now() + 60
         while now() < deadline and not (len(samples) >= 3 and max(samples[-3:]) < IDLE_CORES):
             samples.append(await quiet.cores(1.0))
         quiet.idle_cores = min(samples)
@@ -291,7 +318,7 @@ async def bench(url: str, server: subprocess.Popen, options, console, load: mach
         }
 
 
-def main(options: argparse.Namespace, console) -> int:
+def main(options: argparse.Namespace, console: Console) -> int:
     import logging
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise

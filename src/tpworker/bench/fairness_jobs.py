@@ -3,7 +3,16 @@ counts they are sized by (through the worker's own /tokenize route)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 from tpworker.bench.workload import FILLER
+
+if TYPE_CHECKING:
+    from tpworker.bench.fairness import Client
+
+# A scenario: (name, what, the hostile request's kind, its input (single) or input maker (repeated)).
+Scenario = tuple[str, str, str | None, dict[str, Any] | Callable[[int], dict[str, Any]] | None]
 
 CHAT = {
     "messages": [{"role": "user", "content": "What is the capital of France?"}],
@@ -25,15 +34,15 @@ CONTEXT_MARGIN = 8  # the context-filling prompt: the context less these tokens 
 STORY = "Once upon a time"
 
 
-def nested_schema(levels: int) -> dict:
+def nested_schema(levels: int) -> dict[str, Any]:
     """`levels` objects, each with one required property, the innermost a string."""
-    schema: dict = {"type": "string"}
+    schema: dict[str, Any] = {"type": "string"}
     for _ in range(levels):
         schema = {"type": "object", "properties": {"x": schema}, "required": ["x"]}
     return schema
 
 
-def schema_job(levels: int) -> dict:
+def schema_job(levels: int) -> dict[str, Any]:
     schema = {"json": nested_schema(levels)}
     return {"prompt": "Write the JSON object:", "sampling_params": {"max_tokens": 1024, "structured_outputs": schema}}
 
@@ -53,7 +62,7 @@ def deepest_schema_levels() -> int:
     return 1
 
 
-def valid_job(index: int) -> tuple[str, dict]:
+def valid_job(index: int) -> tuple[str, dict[str, Any]]:
     return ("chat", CHAT) if index % 2 == 0 else ("prompt", PROMPT)
 
 
@@ -63,7 +72,7 @@ def context_text(words: int, tag: str) -> str:
     return f"[{tag}] " + " ".join(filler[i % len(filler)] for i in range(words))
 
 
-def scenarios(sizes: dict) -> list[tuple[str, str, str | None, object]]:
+def scenarios(sizes: dict[str, Any]) -> list[Scenario]:
     """(name, what, the hostile request's kind: None, "single" or "repeated", its input or input maker)."""
     context, story, levels = sizes["max_model_len"], sizes["story_tokens"], sizes["schema_levels"]
     regex = {
@@ -77,7 +86,7 @@ def scenarios(sizes: dict) -> list[tuple[str, str, str | None, object]]:
     }
     words = sizes["context_words"]
 
-    def full(index: int) -> dict:
+    def full(index: int) -> dict[str, Any]:
         return {"prompt": context_text(words, f"ctx {index:04d}"), "sampling_params": {"max_tokens": 1}}
 
     n_max = {
@@ -99,11 +108,11 @@ def scenarios(sizes: dict) -> list[tuple[str, str, str | None, object]]:
     ]
 
 
-async def measure_sizes(client) -> dict:
+async def measure_sizes(client: Client) -> dict[str, Any]:
     """Token counts through the worker's own /tokenize: the context, the story prompt, and how many words of
     text fill the context but CONTEXT_MARGIN tokens (a binary search on the words)."""
 
-    async def count(text: str) -> dict:
+    async def count(text: str) -> dict[str, Any]:
         shown = await client.runsync({"route": "/tokenize", "body": {"prompt": text}, "method": "POST"})
         output = shown.get("output")
         output = output[0] if isinstance(output, list) and output else output

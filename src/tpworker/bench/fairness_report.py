@@ -9,13 +9,14 @@ import ast
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 from tpworker.bench.metrics import percentile
 
 TARGET_RATIO = 2.0
 
 
-def figures(scenario: dict, baseline: dict | None) -> dict:
+def figures(scenario: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, Any]:
     """The valid jobs' figures; `baseline` is the first baseline scenario (None: this one is)."""
     valid = scenario["valid"]
     latencies = [job["latency_s"] for job in valid if job["status"] == "COMPLETED"]
@@ -35,7 +36,7 @@ def figures(scenario: dict, baseline: dict | None) -> dict:
     }
 
 
-def outcome(pathological: dict | None) -> str:
+def outcome(pathological: dict[str, Any] | None) -> str:
     """What became of the hostile request, in words."""
     if pathological is None:
         return "none"
@@ -58,29 +59,29 @@ def outcome(pathological: dict | None) -> str:
     return f"{pathological['status']} after {seconds:.2f} s: {_short(pathological.get('error'))}"
 
 
-def _short(text, limit: int = 160) -> str:
+def _short(text: object, limit: int = 160) -> str:
     """An error in one line: its message when it is an error object (RunPod reports a yielded dict as its str())."""
     try:
         error = ast.literal_eval(text) if isinstance(text, str) else text
     except (ValueError, SyntaxError):
         error = text
-    text = error.get("message", error) if isinstance(error, dict) else error
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    message = error.get("message", error) if isinstance(error, dict) else error
+    line = " ".join(str(message).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def rows(result: dict) -> list[tuple[dict, dict]]:
+def rows(result: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(scenario, its figures) in order, each against the first baseline."""
     scenarios = result["scenarios"]
     baseline = next((s for s in scenarios if s["name"] == "baseline"), scenarios[0])
     return [(s, figures(s, None if s is baseline else baseline)) for s in scenarios]
 
 
-def one_line(scenario: dict, baseline: dict) -> str:
+def one_line(scenario: dict[str, Any], baseline: dict[str, Any]) -> str:
     f = figures(scenario, None if scenario is baseline else baseline)
     ratio = "-" if f["ratio"] is None else f"{f['ratio']:.2f}x"
     return (
@@ -90,7 +91,7 @@ def one_line(scenario: dict, baseline: dict) -> str:
     )
 
 
-def settled(scenario: dict) -> str:
+def settled(scenario: dict[str, Any]) -> str:
     s = scenario.get("settle") or {}
     if "quiet" not in s:
         return f"idle after {s.get('idle_after_s', 0):.0f} s"
@@ -103,7 +104,7 @@ def _table(header: list[str], cells: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict[str, Any]) -> str:
     from tpworker.bench.report import describe_machine
 
     header = ["scenario", "hostile request", "valid done", "median s", "p90 s", "vs baseline", "failed", "target"]
@@ -157,7 +158,7 @@ def markdown(result: dict) -> str:
     )
 
 
-def write(result: dict, folder: Path) -> None:
+def write(result: dict[str, Any], folder: Path) -> None:
     result = {**result, "summary": {s["name"]: f for s, f in rows(result)}}
     (folder / "fairness.json").write_text(json.dumps(result, indent=1))
     (folder / "fairness.md").write_text(markdown(result))

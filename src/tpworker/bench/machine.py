@@ -8,6 +8,7 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 
 def _version(*packages: str) -> str | None:
@@ -32,7 +33,7 @@ def _commit(root: Path) -> str | None:
     return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
-def describe(root: Path) -> dict:
+def describe(root: Path) -> dict[str, Any]:
     import psutil
 
     from tpworker.config.settings import cuda_visible_devices
@@ -57,7 +58,7 @@ def describe(root: Path) -> dict:
 class LoadWatch:
     """The 1-minute load average, sampled while the benchmark runs."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.samples: list[float] = []
         self.at_start = os.getloadavg()
         self.sample()
@@ -65,7 +66,7 @@ class LoadWatch:
     def sample(self) -> None:
         self.samples.append(os.getloadavg()[0])
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         return {
             "at_start": [round(x, 2) for x in self.at_start],
             "during_min": round(min(self.samples), 2),

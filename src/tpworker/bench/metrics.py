@@ -19,6 +19,7 @@ import itertools
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 FIGURES = (
     "tokens_per_s",
@@ -62,7 +63,7 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def round_figures(timings: list[Timing], expected_tokens: int) -> dict:
+def round_figures(timings: list[Timing], expected_tokens: int) -> dict[str, Any]:
     """The figures of one round of concurrent requests."""
     ok = [t for t in timings if t.error is None]
     span = max(t.done for t in timings) - min(t.sent for t in timings)
@@ -91,9 +92,9 @@ def round_figures(timings: list[Timing], expected_tokens: int) -> dict:
     }
 
 
-def summarize(rounds: list[dict]) -> dict:
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Median, min and max of each figure over the measured rounds (repetitions)."""
-    summary: dict = {
+    summary: dict[str, Any] = {
         "repetitions": len(rounds),
         "complete": bool(rounds) and all(r["complete"] for r in rounds),
         "requests": sum(r["requests"] for r in rounds),
@@ -106,12 +107,12 @@ def summarize(rounds: list[dict]) -> dict:
     return summary
 
 
-def median(summary: dict | None, figure: str) -> float | None:
+def median(summary: dict[str, Any] | None, figure: str) -> float | None:
     value = (summary or {}).get(figure)
     return value["median"] if value else None
 
 
-def ratio_to_raw(path: dict, raw: dict | None) -> dict:
+def ratio_to_raw(path: dict[str, Any], raw: dict[str, Any] | None) -> dict[str, float | None]:
     """A path's tokens/s as a fraction of the raw engine's, and the TTFT it adds (ms)."""
     ours, base = median(path, "tokens_per_s"), median(raw, "tokens_per_s")
     ttft, base_ttft = median(path, "ttft_ms_median"), median(raw, "ttft_ms_median")

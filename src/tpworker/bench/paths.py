@@ -13,10 +13,16 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 from tpworker.bench.metrics import Timing
 from tpworker.bench.workload import Workload
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from tpworker.vllm_bridge.types import AsyncLLM
 
 ROUTES = ("raw", "handler-native", "handler-openai", "dev-native", "dev-openai", "vllm-serve")
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
@@ -24,12 +30,15 @@ TAIL = 8192  # characters of an SSE stream kept: enough for its last events (usa
 
 now = time.perf_counter
 
+# handler.py's handler: a job in, its outputs (native chunks, OpenAI objects or SSE text, errors) out.
+Handler = Callable[[dict[str, Any]], AsyncIterator[Any]]
+
 
 class Runner(abc.ABC):
     """Sends one request; `stream` says whether to stream it (the cold start always streams).
     One subclass per path."""
 
-    def __init__(self, workload: Workload):
+    def __init__(self, workload: Workload) -> None:
         self.workload = workload
         self.sampling = workload.sampling()
         self._ids = itertools.count()
@@ -48,7 +57,7 @@ class Runner(abc.ABC):
 class RawRunner(Runner):
     """vLLM's AsyncLLM itself: the baseline every path is compared with."""
 
-    def __init__(self, workload: Workload, llm):
+    def __init__(self, workload: Workload, llm: AsyncLLM) -> None:
         super().__init__(workload)
         self.llm = llm
 
@@ -66,14 +75,15 @@ class RawRunner(Runner):
                 timing.note_arrival()
             timing.tokens = timing.tokens + count if stream else count
         timing.done = now()
-        timing.prompt_tokens = len(output.prompt_token_ids) if output is not None else None
+        ids = output.prompt_token_ids if output is not None else None
+        timing.prompt_tokens = len(ids) if ids is not None else None
         return timing
 
 
 class HandlerNativeRunner(Runner):
     """handler.py's handler(job), in process, with a native job."""
 
-    def __init__(self, workload: Workload, handler: Callable):
+    def __init__(self, workload: Workload, handler: Handler) -> None:
         super().__init__(workload)
         self.handler = handler
 
@@ -92,7 +102,7 @@ class HandlerNativeRunner(Runner):
 class HandlerOpenAIRunner(Runner):
     """handler.py's handler(job), in process, with an OpenAI-form job (/v1/completions)."""
 
-    def __init__(self, workload: Workload, handler: Callable, model: str):
+    def __init__(self, workload: Workload, handler: Handler, model: str) -> None:
         super().__init__(workload)
         self.handler, self.model = handler, model
 
@@ -121,10 +131,10 @@ class DevNativeRunner(Runner):
     makes several requests per job and httpx costs about three times the CPU per request, which
     on a small machine the engine would lose."""
 
-    def __init__(self, workload: Workload, base_url: str):
+    def __init__(self, workload: Workload, base_url: str) -> None:
         super().__init__(workload)
         self.base_url = base_url
-        self.session = None
+        self.session: aiohttp.ClientSession | None = None
 
     async def request(self, prompt: str, stream: bool) -> Timing:
         import aiohttp
@@ -158,10 +168,10 @@ class OpenAIHTTPRunner(Runner):
     """An OpenAI-compatible HTTP route (`tpworker dev`'s /openai/v1), read as raw SSE lines with
     aiohttp (as DevNativeRunner, for the least client CPU)."""
 
-    def __init__(self, workload: Workload, base_url: str, model: str):
+    def __init__(self, workload: Workload, base_url: str, model: str) -> None:
         super().__init__(workload)
         self.url, self.model = f"{base_url}/v1/completions", model
-        self.session = None
+        self.session: aiohttp.ClientSession | None = None
 
     async def request(self, prompt: str, stream: bool) -> Timing:
         import aiohttp
@@ -197,7 +207,7 @@ class OpenAIClientRunner(Runner):
     """`vllm serve` through the official openai client: what a worker that proxies to vLLM's
     server (instead of running the engine in process) pays for the extra hop."""
 
-    def __init__(self, workload: Workload, base_url: str, model: str):
+    def __init__(self, workload: Workload, base_url: str, model: str) -> None:
         super().__init__(workload)
         import openai
 
@@ -241,7 +251,7 @@ class OpenAIClientRunner(Runner):
 # ------------------------------------------------------------------------- reading outputs
 
 
-def note_native_chunk(timing: Timing, chunk, stream: bool) -> None:
+def note_native_chunk(timing: Timing, chunk: object, stream: bool) -> None:
     """A native output chunk: its tokens, usage, or error."""
     if not isinstance(chunk, dict) or "error" in chunk:
         timing.error = str(chunk.get("error") if isinstance(chunk, dict) else chunk)[:300]
@@ -251,8 +261,8 @@ def note_native_chunk(timing: Timing, chunk, stream: bool) -> None:
     timing.tokens, timing.prompt_tokens = chunk["usage"]["output"], chunk["usage"]["input"]
 
 
-def openai_body(model: str, prompt: str, sampling: dict, stream: bool) -> dict:
-    body = {"model": model, "prompt": prompt, **sampling, "stream": stream}
+def openai_body(model: str, prompt: str, sampling: dict[str, Any], stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "prompt": prompt, **sampling, "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
     return body
@@ -268,7 +278,7 @@ def has_text(sse: str) -> bool:
     return False
 
 
-def note_openai_end(timing: Timing, last) -> None:
+def note_openai_end(timing: Timing, last: object) -> None:
     """Usage (and errors) from the last output of an OpenAI request: the response object, or
     SSE text whose usage event comes last."""
     usage = None

@@ -25,22 +25,28 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from tpworker.bench import paths
-from tpworker.bench.metrics import round_figures
+from tpworker.bench.metrics import Timing, round_figures
 from tpworker.bench.workload import Workload, prompt
+
+if TYPE_CHECKING:
+    from tpworker.serving.worker import Worker
+    from tpworker.vllm_bridge.types import AsyncLLM
 
 SERVER_START_SECONDS = 900  # a big model's first start may download or page in many GB
 
 
 class Events:
-    def __init__(self, path: str):
+    def __init__(self, path: str) -> None:
         self.file = open(path, "a", buffering=1)
 
-    def emit(self, event: str, **fields) -> None:
+    def emit(self, event: str, **fields: Any) -> None:
         self.file.write(json.dumps({"event": event, **fields}) + "\n")
 
 
@@ -52,13 +58,14 @@ def wall(perf: float) -> float:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 # ------------------------------------------------------------------------- engines in process
 
 
-def start_raw(spec: dict):
+def start_raw(spec: dict[str, Any]) -> AsyncLLM:
     """vLLM's AsyncLLM, straight from the engine arguments the worker would use."""
     from vllm import AsyncEngineArgs, AsyncLLMEngine  # AsyncLLMEngine is vLLM's public name of AsyncLLM
 
@@ -67,7 +74,7 @@ def start_raw(spec: dict):
     return AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**engine_args))
 
 
-def start_worker(spec: dict):
+def start_worker(spec: dict[str, Any]) -> tuple[Worker, paths.Handler]:
     """The worker as handler.py's start builds it (app.main): settings -> plan -> engine -> worker,
     and handler.py's own handler function in front of it."""
     import importlib.util
@@ -81,6 +88,8 @@ def start_worker(spec: dict):
     worker = start_worker(settings, plan_start(settings), watched=False).worker
     app.set_current_worker(worker)  # what handler.py's main() does before RunPod's loop calls handler()
     loader = importlib.util.spec_from_file_location("tpworker_bench_handler", spec["handler"])
+    if loader is None or loader.loader is None:
+        raise ImportError(f"cannot load {spec['handler']} as a module")
     module = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(module)
     return worker, module.handler
@@ -89,9 +98,9 @@ def start_worker(spec: dict):
 # ------------------------------------------------------------------------- servers in subprocesses
 
 
-def vllm_serve_flags(engine_args: dict) -> list[str]:
+def vllm_serve_flags(engine_args: dict[str, Any]) -> list[str]:
     """The engine arguments as `vllm serve` command-line flags."""
-    flags = []
+    flags: list[str] = []
     for name, value in engine_args.items():
         flag = "--" + name.replace("_", "-")
         if value is None:
@@ -107,7 +116,7 @@ def vllm_serve_flags(engine_args: dict) -> list[str]:
     return flags
 
 
-def start_server(spec: dict, port: int) -> subprocess.Popen:
+def start_server(spec: dict[str, Any], port: int) -> subprocess.Popen[bytes]:
     log = open(Path(spec["log_dir"]) / f"tp{spec['tp']}-{spec['phase']}-server.log", "w")
     env = dict(os.environ)
     if spec["phase"] == "dev":
@@ -138,7 +147,7 @@ def start_server(spec: dict, port: int) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def stop_server(process: subprocess.Popen) -> None:
+def stop_server(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
         process.wait(90)
@@ -147,7 +156,7 @@ def stop_server(process: subprocess.Popen) -> None:
         process.wait(30)
 
 
-def worker_started_at(server: subprocess.Popen) -> float:
+def worker_started_at(server: subprocess.Popen[bytes]) -> float:
     """When the dev server's `python handler.py` process started (time.time())."""
     import psutil
 
@@ -157,7 +166,7 @@ def worker_started_at(server: subprocess.Popen) -> float:
     raise RuntimeError("the dev server runs no handler.py process")
 
 
-async def first_request(runner: paths.Runner, text: str, server: subprocess.Popen | None):
+async def first_request(runner: paths.Runner, text: str, server: subprocess.Popen[bytes] | None) -> Timing:
     """The cold start's request: sent as soon as the server takes connections."""
     deadline = time.monotonic() + SERVER_START_SECONDS
     while True:
@@ -180,12 +189,12 @@ class CpuMeter:
     On a small machine this says how much the client and the dev server (the user and RunPod's
     cloud, elsewhere in production) take from the engine."""
 
-    def __init__(self, server: subprocess.Popen | None):
+    def __init__(self, server: subprocess.Popen[bytes] | None) -> None:
         self.me = psutil.Process()
         self.server = psutil.Process(server.pid) if server is not None else None
 
     @staticmethod
-    def _seconds(processes) -> float:
+    def _seconds(processes: Iterable[psutil.Process]) -> float:
         total = 0.0
         for process in processes:
             try:
@@ -210,7 +219,7 @@ class CpuMeter:
         return {"at": time.perf_counter(), **groups}
 
     @staticmethod
-    def used(before: dict, after: dict) -> dict:
+    def used(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
         return {
             "wall_s": after["at"] - before["at"],
             "cores": psutil.cpu_count(),
@@ -219,12 +228,12 @@ class CpuMeter:
 
 
 async def measure(
-    spec: dict,
+    spec: dict[str, Any],
     runners: dict[str, paths.Runner],
     events: Events,
     spawned_at: float,
-    llm=None,
-    server: subprocess.Popen | None = None,
+    llm: AsyncLLM | None = None,
+    server: subprocess.Popen[bytes] | None = None,
 ) -> None:
     workload = Workload.from_json(spec["workload"])
     body, tp = spec["body"], spec["tp"]
@@ -240,6 +249,7 @@ async def measure(
     if spec["phase"] == "dev":
         # What RunPod calls the worker's cold start: `python handler.py` (which the dev server
         # starts) to the first token; the dev server's own start is no part of production.
+        assert server is not None  # the dev phase measures the server it started
         cold["server_cold_start_s"] = cold["cold_start_s"]
         cold["cold_start_s"] = wall(timing.first) - worker_started_at(server)
     events.emit("cold", **cold)
@@ -282,7 +292,7 @@ async def measure(
         await runner.close()
 
 
-def run_phase(spec: dict, events: Events, spawned_at: float) -> None:
+def run_phase(spec: dict[str, Any], events: Events, spawned_at: float) -> None:
     workload = Workload.from_json(spec["workload"])
     routes, kind = spec["routes"], spec["phase"]
     if kind == "raw":

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tpworker.bench.chart import chart
 from tpworker.bench.options import ROUTE_ORDER
 from tpworker.bench.targets import rank_bytes, reference
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 MIB = 1024**2
 METHOD = [
@@ -58,21 +62,21 @@ METHOD = [
 ]
 
 
-def _f(value, digits: int = 1) -> str:
+def _f(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def _spread(figure: dict | None, digits: int = 1) -> str:
+def _spread(figure: dict[str, Any] | None, digits: int = 1) -> str:
     if not figure:
         return "-"
     return f"{_f(figure['median'], digits)} [{_f(figure['min'], digits)}-{_f(figure['max'], digits)}]"
 
 
-def _median(figure: dict | None, digits: int = 1) -> str:
+def _median(figure: dict[str, Any] | None, digits: int = 1) -> str:
     return _f(figure["median"], digits) if figure else "-"
 
 
-def throughput_rows(run: dict) -> list[list[str]]:
+def throughput_rows(run: dict[str, Any]) -> list[list[str]]:
     rows = []
     for route in [r for r in ROUTE_ORDER if r in run["routes"]]:
         for level, figures in sorted(run["routes"][route]["levels"].items(), key=lambda kv: int(kv[0])):
@@ -115,7 +119,7 @@ THROUGHPUT_HEADER = [
 ]
 
 
-def start_rows(result: dict) -> list[list[str]]:
+def start_rows(result: dict[str, Any]) -> list[list[str]]:
     rows = []
     for tp, run in result["runs"].items():
         raw = run["cold_start"].get("raw", {}).get("seconds")
@@ -144,7 +148,7 @@ CPU_PARTS = {
 }
 
 
-def cpu_rows(result: dict) -> list[list[str]]:
+def cpu_rows(result: dict[str, Any]) -> list[list[str]]:
     """Each process group's share of the machine (cores x wall time) during the measured rounds."""
     rows = []
     for tp, run in result["runs"].items():
@@ -163,7 +167,7 @@ def cpu_rows(result: dict) -> list[list[str]]:
 CPU_HEADER = ["TP", "process", "rounds s", "CPU by part (share of all cores)", "all parts"]
 
 
-def target_rows(result: dict) -> list[list[str]]:
+def target_rows(result: dict[str, Any]) -> list[list[str]]:
     rows = []
     for t in result["targets"]:
         digits = 3 if t["what"].startswith(("tokens/s", "weights")) else 2  # ratios, else ms or s
@@ -193,7 +197,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def describe_machine(result: dict) -> str:
+def describe_machine(result: dict[str, Any]) -> str:
     m, load = result["machine"], result["load"]
     gpus = ", ".join(m["gpus"]) or "no GPU"
     extensions = m.get("cpu_vector_extensions")  # recorded since results named the CPU's extensions
@@ -206,7 +210,7 @@ def describe_machine(result: dict) -> str:
     )
 
 
-def measured_prompt(result: dict) -> str:
+def measured_prompt(result: dict[str, Any]) -> str:
     """The prompt length the engine counted (the unique tag included), over every measured round."""
     means = [
         r["prompt_tokens_mean"]
@@ -219,7 +223,7 @@ def measured_prompt(result: dict) -> str:
     return f" (measured, with its tag: {sum(means) / len(means):.0f})" if means else ""
 
 
-def describe_workload(result: dict) -> str:
+def describe_workload(result: dict[str, Any]) -> str:
     w = result["workload"]
     return (
         f"prompt {w['prompt_tokens']} tokens{measured_prompt(result)}, {w['output_tokens']} output tokens per "
@@ -230,7 +234,7 @@ def describe_workload(result: dict) -> str:
     )
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict[str, Any]) -> str:
     out = [
         f"# tpworker bench: {result['name']}",
         "",
@@ -270,13 +274,13 @@ def markdown(result: dict) -> str:
     return "\n".join(out)
 
 
-def write(result: dict, folder: Path) -> None:
+def write(result: dict[str, Any], folder: Path) -> None:
     (folder / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     (folder / "result.md").write_text(markdown(result))
     chart(result, folder / "tokens_per_s.png")
 
 
-def show(result: dict, console) -> None:
+def show(result: dict[str, Any], console: Console) -> None:
     from rich.table import Table
 
     def table(title: str, header: list[str], rows: list[list[str]]) -> Table:

@@ -3,14 +3,16 @@ level, then the summaries (median, min, max) and the ratios to the raw engine.""
 
 from __future__ import annotations
 
+from typing import Any
+
 from tpworker.bench import metrics
 
 
-def new_run() -> dict:
+def new_run() -> dict[str, Any]:
     return {"routes": {}, "cold_start": {}, "weights": {}, "cpu": {}, "errors": []}
 
 
-def record(run: dict, phase: str, event: dict) -> None:
+def record(run: dict[str, Any], phase: str, event: dict[str, Any]) -> None:
     """One event of a phase into the TP size's results."""
     kind = event["event"]
     if kind == "cold":
@@ -36,15 +38,16 @@ def record(run: dict, phase: str, event: dict) -> None:
         run["errors"].append({"phase": phase, "message": event["message"]})
 
 
-def summarize(run: dict) -> None:
+def summarize(run: dict[str, Any]) -> None:
     """Median/min/max per route and level, each route's ratio to the raw engine (its own process),
     and the handler routes' ratio to raw-paired (the same engine, same process, interleaved)."""
     for data in run["routes"].values():
         for figures in data["levels"].values():
             figures["summary"] = metrics.summarize(figures["rounds"])
 
-    def levels(route: str) -> dict:
-        return run["routes"].get(route, {"levels": {}})["levels"]
+    def levels(route: str) -> dict[str, Any]:
+        found: dict[str, Any] = run["routes"].get(route, {"levels": {}})["levels"]
+        return found
 
     for name, data in run["routes"].items():
         for level, figures in data["levels"].items():

@@ -12,11 +12,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tpworker.bench import machine, report, results, targets
 from tpworker.bench.workload import TAG_TOKENS, Workload, prompt_body
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from tpworker.startup.plan import StartPlan
+
+Plans = dict[int, tuple["StartPlan", dict[str, str]]]  # per TP size: the engine's plan, the worker's environment
 
 # Which process serves which routes, in the order they run. dev and vllm-serve are compared with raw,
 # a process started minutes apart (a machine's speed drifts between processes; on a shared 2-core VM by
@@ -53,10 +63,11 @@ def bench_environment(options: argparse.Namespace, tp: int) -> dict[str, str]:
 def max_concurrency(options: argparse.Namespace) -> int:
     """Every request of a round must run at once, also through RunPod's job loop: the highest level
     (tpworker.serving.jobloop fills every slot; runpod 1.10's own loop needed about twice that)."""
-    return options.max_concurrency or max(options.concurrency)
+    value: int = options.max_concurrency or max(options.concurrency)
+    return value
 
 
-def plan_engine(env: dict[str, str]):
+def plan_engine(env: dict[str, str]) -> StartPlan:
     """The engine arguments and environment the worker would start with (imports vLLM)."""
     from tpworker.config.settings import load_settings
     from tpworker.startup.plan import plan_start
@@ -80,7 +91,7 @@ def warm_page_cache(model: str) -> None:
                 pass
 
 
-def make_body(engine_args: dict, prompt_tokens: int) -> str:
+def make_body(engine_args: dict[str, Any], prompt_tokens: int) -> str:
     from transformers import AutoTokenizer
 
     if engine_args.get("tokenizer"):
@@ -96,7 +107,7 @@ def make_body(engine_args: dict, prompt_tokens: int) -> str:
 class PhaseProcess:
     """One phase child: started, followed through its events file, stopped with its whole group."""
 
-    def __init__(self, spec: dict, folder: Path, env: dict[str, str]):
+    def __init__(self, spec: dict[str, Any], folder: Path, env: dict[str, str]) -> None:
         stem = f"tp{spec['tp']}-{spec['phase']}"
         (folder / f"{stem}.json").write_text(json.dumps(spec, indent=1))
         self.events_path = folder / f"{stem}.events.jsonl"
@@ -120,7 +131,7 @@ class PhaseProcess:
         )
         self._read = 0
 
-    def new_events(self) -> list[dict]:
+    def new_events(self) -> list[dict[str, Any]]:
         text = self.events_path.read_text()
         complete = text[self._read :].rsplit("\n", 1)[0] if "\n" in text[self._read :] else ""
         self._read += len(complete) + (1 if complete else 0)
@@ -147,11 +158,11 @@ def default_name(served: str, tps: tuple[int, ...]) -> str:
     return f"{slug}-tp{'-'.join(map(str, tps))}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def paths_text(routes) -> str:
+def paths_text(routes: Collection[str]) -> str:
     """Routes as --paths takes them: whole groups by their name."""
     from tpworker.bench.options import GROUPS
 
-    parts = []
+    parts: list[str] = []
     for group, members in GROUPS.items():
         if group != "raw":
             parts += [group] if all(m in routes for m in members) else [m for m in members if m in routes]
@@ -180,8 +191,17 @@ def command_line(options: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def run_phases(options, workload, routes, plans, body, folder, progress, load) -> dict:
-    runs = {}
+def run_phases(
+    options: argparse.Namespace,
+    workload: Workload,
+    routes: list[str],
+    plans: Plans,
+    body: str,
+    folder: Path,
+    progress: Progress,
+    load: machine.LoadWatch,
+) -> dict[str, dict[str, Any]]:
+    runs: dict[str, dict[str, Any]] = {}
     for tp in options.tp:
         plan, env = plans[tp]
         run = runs[str(tp)] = results.new_run()
@@ -231,14 +251,23 @@ def run_phases(options, workload, routes, plans, body, folder, progress, load) -
     return runs
 
 
-def cold_starts(options, plans, body, folder, console, served, started, load) -> int:
+def cold_starts(
+    options: argparse.Namespace,
+    plans: Plans,
+    body: str,
+    folder: Path,
+    console: Console,
+    served: str,
+    started: float,
+    load: machine.LoadWatch,
+) -> int:
     """`--cold-start N`: the starts, then their phase table and chart."""
     from tpworker.bench import coldstart, coldstart_report
 
     runs = coldstart.run_starts(options, plans, body, folder, console, load)
     command = f"tpworker bench --tp {','.join(map(str, options.tp))} --cold-start {options.cold_start}"
     command += f" --prompt-tokens {options.prompt_tokens} --output-tokens {options.output_tokens}"
-    result = {
+    result: dict[str, Any] = {
         "name": folder.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command + (f" --model {options.model}" if options.model else ""),
@@ -293,7 +322,7 @@ def main(options: argparse.Namespace) -> int:
         return fairness.main(options, console)
     load = machine.LoadWatch()
     console.print("Planning the engines (imports vLLM) ...")
-    plans = {}
+    plans: Plans = {}
     try:
         for tp in options.tp:
             env = bench_environment(options, tp)

@@ -12,11 +12,28 @@
 
 from __future__ import annotations
 
+from typing import Any, NotRequired, TypedDict
+
 HANDLER_RATIO, DEV_RATIO, TTFT_ADDED_MS, COLD_START_S, WEIGHTS_SLACK = 0.98, 0.95, 5.0, 2.0, 1.1
 RATIO_LEVELS = (8, 32)
 
 
-def _row(tp, what, route, level, value, target, higher_is_better: bool) -> dict:
+class TargetRow(TypedDict):
+    tp: str
+    what: str
+    route: str | None
+    concurrency: int | None
+    value: float | None
+    target: float
+    sense: str
+    met: bool
+    margin: float | None
+    between_processes: NotRequired[float | None]
+
+
+def _row(
+    tp: str, what: str, route: str | None, level: int | None, value: float | None, target: float, higher_is_better: bool
+) -> TargetRow:
     margin = None if value is None else (value - target if higher_is_better else target - value)
     return {
         "tp": tp,
@@ -31,7 +48,7 @@ def _row(tp, what, route, level, value, target, higher_is_better: bool) -> dict:
     }
 
 
-def reference(route: str, figures: dict) -> tuple[str, dict]:
+def reference(route: str, figures: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """What a route is compared with: the handler routes with raw-paired (the same engine in the
     same process, rounds interleaved: the handler's own cost, without the noise between processes
     started minutes apart), the others with the raw engine's own process."""
@@ -41,8 +58,8 @@ def reference(route: str, figures: dict) -> tuple[str, dict]:
     return "raw", figures.get("vs_raw") or {}
 
 
-def evaluate(result: dict) -> list[dict]:
-    rows = []
+def evaluate(result: dict[str, Any]) -> list[TargetRow]:
+    rows: list[TargetRow] = []
     stream = result["workload"]["stream"]
     for tp, run in result["runs"].items():
         routes = run["routes"]
@@ -100,7 +117,7 @@ def evaluate(result: dict) -> list[dict]:
     return rows
 
 
-def between_processes(routes: dict, level: str) -> float | None:
+def between_processes(routes: dict[str, Any], level: str) -> float | None:
     """raw-paired's tokens/s over raw's at one level: the same engine driven the same way, in two
     processes started minutes apart. How far it is from 1 is how far a comparison with raw can move
     with the machine alone (a shared VM's speed drifts), and so the resolution of such a target."""
@@ -108,12 +125,13 @@ def between_processes(routes: dict, level: str) -> float | None:
     return (paired.get("vs_raw") or {}).get("tokens_per_s")
 
 
-def rank_bytes(rank: dict) -> int:
+def rank_bytes(rank: dict[str, Any]) -> int:
     """What the model load took on a rank (measured by the engine); the tensors' bytes if unknown."""
-    return rank.get("loading_bytes") or rank["tensor_bytes"]
+    size: int = rank.get("loading_bytes") or rank["tensor_bytes"]
+    return size
 
 
-def weights_per_rank(run: dict) -> int | None:
+def weights_per_rank(run: dict[str, Any]) -> int | None:
     """The largest rank's weight memory, from the raw engine (else the worker's)."""
     for phase in ("raw", "handler"):
         ranks = run["weights"].get(phase)
@@ -122,10 +140,10 @@ def weights_per_rank(run: dict) -> int | None:
     return None
 
 
-def tp_scaling(runs: dict) -> dict | None:
+def tp_scaling(runs: dict[str, Any]) -> dict[str, Any] | None:
     """Each TP size's largest per-rank weight memory against the smallest TP size measured."""
-    measured = {int(tp): weights_per_rank(run) for tp, run in runs.items()}
-    measured = {tp: size for tp, size in measured.items() if size}
+    per_tp = {int(tp): weights_per_rank(run) for tp, run in runs.items()}
+    measured = {tp: size for tp, size in per_tp.items() if size}
     if not measured:
         return None
     base = min(measured)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol, cast
 
 # Tokens the unique tag at the head of each prompt takes, roughly; the body makes up the rest.
 TAG_TOKENS = 12
@@ -26,24 +27,33 @@ class Workload:
     warmup: int = 1  # unmeasured rounds per path, at the highest concurrency, before measuring
     repetitions: int = 3  # measured rounds per path and concurrency level
 
-    def sampling(self) -> dict:
+    def sampling(self) -> dict[str, Any]:
         """The same for every path: exactly `output_tokens` tokens (ignore_eos), greedy."""
         return {"max_tokens": self.output_tokens, "ignore_eos": True, "temperature": 0.0}
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "concurrency": list(self.concurrency)}
 
     @classmethod
-    def from_json(cls, data: dict) -> Workload:
+    def from_json(cls, data: dict[str, Any]) -> Workload:
         return cls(**{**data, "concurrency": tuple(data["concurrency"])})
 
 
-def prompt_body(tokenizer, tokens: int) -> str:
+class Tokenizer(Protocol):
+    """What prompt_body uses of a tokenizer (transformers' or vLLM's)."""
+
+    def encode(self, text: str, *, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def decode(self, token_ids: list[int]) -> str | list[str]: ...
+
+
+def prompt_body(tokenizer: Tokenizer, tokens: int) -> str:
     """Text of `tokens` tokens (by the model's tokenizer), cut from FILLER repeated."""
     text = FILLER
     while len(tokenizer.encode(text, add_special_tokens=False)) < tokens:
         text += " " + FILLER
-    return tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)[:tokens])
+    ids = tokenizer.encode(text, add_special_tokens=False)[:tokens]
+    return cast(str, tokenizer.decode(ids))  # one sequence of ids decodes to one string
 
 
 def prompt(body: str, tag: str) -> str:
