@@ -39,11 +39,13 @@ image-test: env model
 	image/install-tools.sh
 	$(PY) -m pytest -s -m image tests/test_image.py $(PYTEST_ARGS)
 
-# ruff (the Python code's lint rules and formatting), the layer rules, hadolint (Dockerfile), actionlint
-# (workflows), shellcheck (build scripts) and the image's other checks; `make test` runs them too.
+# ruff (the Python code's lint rules and formatting), mypy (strict on src/tpworker), the layer rules, hadolint
+# (Dockerfile), actionlint (workflows), shellcheck (build scripts) and the image's other checks; `make test` runs
+# them too.
 lint: env
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q tests/test_code_style.py tests/test_layers.py tests/test_image_files.py tests/test_runpod_hub.py
 
 env: $(VENV)/.installed

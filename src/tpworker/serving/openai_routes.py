@@ -16,7 +16,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, cast
 
 from tpworker.serving.batching import BatchPolicy, chunks
-from tpworker.serving.engine import Engine, LoRARequest
+from tpworker.serving.engine import Engine
 from tpworker.serving.errors import JobError
 from tpworker.serving.jobs import GENERATION_ROUTES, JobOutput, OpenAIRequest
 from tpworker.serving.limits import Limits
@@ -26,7 +26,7 @@ from tpworker.vllm_bridge.openai_server import OpenAIServer, PreparedApp
 from tpworker.vllm_bridge.serve_flags import flags_to_variables
 
 if TYPE_CHECKING:
-    from tpworker.vllm_bridge.types import StructuredOutputsParams
+    from tpworker.vllm_bridge.types import LoRARequest, StructuredOutputsParams
 
 # The models vLLM registers each route for (its build_app), in words, for the 404 of a route a model lacks.
 _GENERATIVE = "a generative model (RUNNER=generate, the default for a *ForCausalLM checkpoint)"
