@@ -186,8 +186,11 @@ def test_a_sampled_chat_completion_matches_vllms_server(dev, reference):
 
 @pytest.fixture(scope="module")
 def openai_shaped(tmp_path_factory):
-    """A second endpoint whose native jobs answer in worker-vllm's current shape."""
-    endpoint = DevEndpoint(tmp_path_factory.mktemp("dev-openai") / "dev.log", NATIVE_OUTPUT_FORMAT="openai")
+    """A second endpoint whose native jobs answer in worker-vllm's current shape, on runpod's own JobScaler
+    (JOB_LOOP=sdk) rather than the worker's."""
+    endpoint = DevEndpoint(
+        tmp_path_factory.mktemp("dev-openai") / "dev.log", NATIVE_OUTPUT_FORMAT="openai", JOB_LOOP="sdk"
+    )
     yield endpoint
     endpoint.close()
 
@@ -224,3 +227,12 @@ def test_native_jobs_in_both_output_shapes_through_runpods_client_sdk(dev, opena
     assert settled(completion) == [settled(expected.json())]
     refused = openai_shaped.wait_status(openai_shaped.run({"messages": [{"role": "tool", "content": "x"}]}))
     assert refused["status"] == "FAILED" and "tool_call_id" in refused["error"]  # the tokens shape's checks
+
+
+def test_runpods_own_job_loop_runs_the_warm_up_with_the_first_job(openai_shaped):
+    """JOB_LOOP=sdk: the SDK's JobScaler, not the worker's, took the jobs above; the first of them began the
+    warm-up and waited for it (the state machine went to serving before any job's output)."""
+    log = openai_shaped.log()
+    assert "JOB_LOOP=sdk: runpod's own JobScaler takes the jobs" in log
+    warming, serving = log.find("Worker state: starting -> warming up"), log.find("Worker state: warming up -> serving")
+    assert 0 <= warming < serving < log.find("Start-up timeline to the first job's first output"), log[-3000:]

@@ -35,6 +35,32 @@ def test_a_start_goes_through_warming_up_to_serving():
     assert seen == [State.WARMING_UP, State.SERVING]
 
 
+def test_on_runpods_own_loop_every_first_job_waits_for_the_warm_up_the_first_began():
+    """JOB_LOOP=sdk: no start hook, so app.py's handler calls started_in_this_loop() before each job. Three
+    jobs arrive together: one warm-up runs, and none of them starts before it has ended."""
+    engine = FakeEngine(token_delay=0.01)
+    worker = make_worker(engine)
+    order = []
+
+    async def slow_openai_build():
+        await asyncio.sleep(0.2)
+        order.append("warm-up ended")
+
+    worker.openai.server = slow_openai_build
+
+    async def job(name):
+        await worker.started_in_this_loop()
+        order.append(f"{name} started")
+        return await collect(worker, {"prompt": "x", "sampling_params": {"max_tokens": 2}})
+
+    async def scenario():
+        return await asyncio.gather(job("a"), job("b"), job("c"))
+
+    results = run(scenario())
+    assert order[0] == "warm-up ended" and sorted(order[1:]) == ["a started", "b started", "c started"]
+    assert worker.lifecycle.state is State.SERVING and all("error" not in r[-1] for r in results)
+
+
 def test_sigterm_drains_then_stops_and_a_job_after_the_grace_is_refused():
     engine = FakeEngine(token_delay=0.02)
     worker = make_worker(engine, shutdown_grace_seconds=0.2)
@@ -139,3 +165,13 @@ def test_which_refused_starts_keep_a_worker_on_runpod_up(monkeypatch):
     monkeypatch.delenv("RUNPOD_WEBHOOK_GET_JOB")
     monkeypatch.delenv("ON_REFUSED_START")
     assert not _serves_refusal(too_big.value, [])  # not on RunPod: exit 2 as before
+
+
+def test_job_loop_chooses_runpods_scaler_or_the_workers():
+    from tpworker.config.settings import load_settings, start_policy
+
+    assert start_policy({}).job_loop == "worker" and start_policy({"JOB_LOOP": "SDK"}).job_loop == "sdk"
+    assert load_settings({"JOB_LOOP": "sdk"}).worker.job_loop == "sdk"
+    with pytest.raises(SettingsError) as refused:
+        load_settings({"JOB_LOOP": "fast"})
+    assert "JOB_LOOP='fast'" in str(refused.value) and "'worker'" in str(refused.value), str(refused.value)

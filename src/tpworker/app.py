@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from tpworker.serving.jobs import JobOutput
     from tpworker.serving.refused import RefusedWorker
     from tpworker.serving.worker import Worker
-    from tpworker.startup.start import StartedWorker
 
 log = logging.getLogger("tpworker")
 
@@ -43,24 +42,22 @@ log = logging.getLogger("tpworker")
 Handler: TypeAlias = "Callable[[Any], AsyncIterator[JobOutput]]"
 
 _worker: Worker | RefusedWorker | None = None  # the worker handler.handler() sends jobs to
-_started: StartedWorker | None = None  # the worker started on first use, when handler.py was imported rather than run
 
 
 def current_worker() -> Worker | RefusedWorker:
     """The worker handler.handler() sends jobs to. When handler.py was imported rather than run as a
     script (RunPod's local tools, a user's own tests), the first job starts it, as main() would: the
     job waits for the start (tens of seconds; nothing else is served meanwhile)."""
-    global _started
     if _worker is None:
         from tpworker.startup.plan import plan_start
         from tpworker.startup.start import start_worker
 
         configure_logging()
         settings = load_settings()
-        _started = start_worker(settings, plan_start(settings))
-        atexit.register(_started.close)  # vLLM's processes end with this one
-        set_current_worker(_started.worker)
-        return _started.worker
+        started = start_worker(settings, plan_start(settings))
+        atexit.register(started.close)  # vLLM's processes end with this one
+        set_current_worker(started.worker)
+        return started.worker
     return _worker
 
 
@@ -174,7 +171,13 @@ def main(handler: Handler, handler_file: str) -> int:
         # RunPod's job loop, without its 100 ms poll and 1 s sleeps (jobloop.py); the worker's own
         # start-of-loop work (SIGTERM chained onto the SDK's handler, the OpenAI layer's build) runs
         # once the loop has started.
-        jobloop.install(on_loop_start=started.worker.loop_started)
+        if settings.worker.job_loop == "worker":
+            jobloop.install(on_loop_start=started.worker.loop_started)
+        else:  # runpod's JobScaler unchanged: it has no start hook, so the first job starts the loop's work
+            log.info(
+                "JOB_LOOP=sdk: runpod's own JobScaler takes the jobs, unchanged; the first job starts the warm-up."
+            )
+            handler = _starting_the_loop_first(handler, started.worker)
         runpod.serverless.start(
             {
                 "handler": handler,
@@ -187,6 +190,18 @@ def main(handler: Handler, handler_file: str) -> int:
     finally:
         set_current_worker(None)
         started.close()
+
+
+def _starting_the_loop_first(handler: Handler, worker: Worker) -> Handler:
+    """The handler for runpod's own job loop: each job first waits for what jobloop's scaler runs when the
+    loop starts (the SIGTERM chain, the warm-up, the OpenAI layer's build), begun by the first job."""
+
+    async def handle_once_started(job: Any) -> AsyncIterator[JobOutput]:
+        await worker.started_in_this_loop()
+        async for chunk in handler(job):
+            yield chunk
+
+    return handle_once_started
 
 
 def _serves_refusal(error: StartRefused, argv: list[str]) -> bool:
@@ -210,7 +225,8 @@ def _serve_refusal(handler: Handler, lifecycle: Lifecycle, error: StartRefused) 
         "Fix the cause and redeploy; ON_REFUSED_START=exit makes it exit instead."
     )
     set_current_worker(worker)
-    jobloop.install()
+    if start_policy().job_loop == "worker":
+        jobloop.install()
     try:
         runpod.serverless.start(
             {"handler": handler, "concurrency_modifier": worker.concurrency, "return_aggregate_stream": True}

@@ -293,13 +293,19 @@ class StartPolicy:
 
     on_runpod: bool  # RUNPOD_WEBHOOK_GET_JOB is set: RunPod's job loop
     on_refused_start: str  # ON_REFUSED_START: serve (stay up, answer jobs with the cause) or exit
+    job_loop: str  # JOB_LOOP: worker (this worker's scaler in the SDK's loop) or sdk (runpod's own, unchanged)
 
 
 def start_policy(environ: Mapping[str, str] | None = None) -> StartPolicy:
     environ = os.environ if environ is None else environ
     chosen = environ.get("ON_REFUSED_START", "").strip().lower()
+    loop = environ.get("JOB_LOOP", "").strip().lower()
     # A value that is not valid is refused with the other settings; the refusal is then served.
-    return StartPolicy(bool(environ.get("RUNPOD_WEBHOOK_GET_JOB")), "exit" if chosen == "exit" else "serve")
+    return StartPolicy(
+        bool(environ.get("RUNPOD_WEBHOOK_GET_JOB")),
+        "exit" if chosen == "exit" else "serve",
+        "sdk" if loop == "sdk" else "worker",
+    )
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,15 @@ class WorkerSettings(BaseModel):
         "with the cause and the fix (an exited worker is restarted into the same refusal, and every start is "
         "billed); exit ends it with status 2. Failures a restart may fix (network, a dying engine) always exit.",
     )
+    job_loop: Literal["worker", "sdk"] = Field(
+        "worker",
+        description="RunPod's job loop. worker: the SDK's loop with this worker's scaler (a taken job starts at "
+        "once, a freed slot is refilled at once, a stop waits for the last take, failed takes back off, the jobs "
+        "in progress are kept in memory). sdk: runpod's JobScaler unchanged (it polls its queue every 100 ms, "
+        "sleeps 1 s at full concurrency and keeps its jobs in a file in the working directory); the warm-up then "
+        "runs with the first job. For comparing the two, or for trying an SDK release `tpworker contract` "
+        "reports as changed.",
+    )
     engine_warmup: bool = Field(
         True,
         description="Before the first job, send one short request through the engine (prompt, prefill and a "

@@ -1,6 +1,6 @@
 """RunPod's job loop without its sleeps on a job's path: the one module that touches runpod internals.
 
-runpod 1.10's JobScaler (runpod/serverless/modules/rp_scale.py) has four habits this worker cannot keep:
+runpod 1.10's JobScaler (runpod/serverless/modules/rp_scale.py) has five habits this worker cannot keep:
 - it looks at its job queue every 100 ms, so a taken job waits 0-100 ms before its handler starts
   (`tpworker bench` measured this as most of the ~110 ms the RunPod path added to a lone request's
   first token on CPU);
@@ -19,7 +19,8 @@ runpod 1.10's JobScaler (runpod/serverless/modules/rp_scale.py) has four habits 
 signals, heartbeat, SIGTERM drain) and replaces its two loops: a job starts as soon as it is queued, a
 slot is refilled as soon as a job ends, the run loop lasts until the last take has ended, and failed
 takes back off. Its job set lives in memory only: a worker's jobs end with its process. runpod is
-pinned (pyproject), and tests/test_jobloop.py fails if the SDK's methods this replaces change shape.
+pinned (pyproject); `tpworker contract` says whether another release still has what this relies on
+(contract/runpod_internals.py). JOB_LOOP=sdk runs the SDK's JobScaler unchanged instead (app.py).
 """
 
 from __future__ import annotations

@@ -103,6 +103,7 @@ class Worker:
         self._openai_build: asyncio.Task[None] | None = None  # held so that the task is not collected mid-build
         self._idle = asyncio.Event()  # set while no job is in flight
         self._idle.set()
+        self._loop_start: asyncio.Task[None] | None = None  # begun by the first job on runpod's own loop
 
     def close(self) -> None:
         """Shut the engine down; the OpenAI serving objects hold it too, so drop them first."""
@@ -130,6 +131,14 @@ class Worker:
         if self.settings.engine_warmup:
             self.lifecycle.post(State.WARMING_UP, "the engine is up; one short request before the first job")
         return self._loop.create_task(self.warm_up())
+
+    async def started_in_this_loop(self) -> None:
+        """For runpod's own job loop (JOB_LOOP=sdk), which has no start hook: the first job runs what
+        loop_started runs, and every job waits for the warm-up it began."""
+        if self._loop_start is None:
+            self._loop_start = self.loop_started()
+        if self._loop_start is not None:
+            await asyncio.shield(self._loop_start)
 
     async def warm_up(self) -> None:
         """Before the first job (the job loop awaits this). With ENGINE_WARMUP: one short chat job through
