@@ -115,11 +115,18 @@ VLLM_SEAMS: tuple[Seam, ...] = (
     Seam(
         "argparse:ArgumentParser",
         ARGUMENTS,
-        "Python's own privates: the registered actions (no public list exists), each group's title (the vLLM "
-        "config class it belongs to), and one action's conversion of a variable's text",
-        fields=("_actions", "_action_groups", "_get_values"),
+        "Python's own privates: the registered actions (argparse has no public list of them) and its groups "
+        "(each titled by the vLLM config class its options belong to)",
+        fields=("_actions", "_action_groups"),
     ),
-    Seam("argparse:_StoreTrueAction", ARGUMENTS, "a store_true flag takes a boolean variable"),
+    Seam("argparse:_ArgumentGroup", ARGUMENTS, "the actions of one group", fields=("_group_actions",)),
+    Seam(
+        "vllm.engine.arg_utils",
+        ARGUMENTS,
+        "the names of vLLM's converters, read to say in words what a variable accepts (a renamed one is "
+        "described as 'a string')",
+        texts=("def human_readable_int", "def parse_dataclass(", "def union_dict_and_str(", "def _parse_type("),
+    ),
     # Prompts and sampling
     Seam(
         "vllm.renderers.params:ChatParams",

@@ -14,22 +14,24 @@ from vllm import AsyncEngineArgs
 if TYPE_CHECKING:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-# Engine arguments that are not read from the environment under their own name.
-# hf_token: huggingface_hub reads HF_TOKEN itself; keeping it out of the engine arguments keeps
-# the secret out of everything that prints them.
-# The model and the parallel layout are read by settings.py before vLLM is imported (so that a bad
-# plan is refused in seconds), and passed to the engine by the worker.
-NOT_FROM_ENVIRONMENT = frozenset(
+# The options the worker owns: the one list. Each is set by the worker's own variable (read by settings.py
+# before vLLM is imported, so that a bad plan is refused in seconds) and passed to the engine by the worker;
+# neither a variable of the option's name nor a flag in VLLM_EXTRA_ARGS / VLLM_CONFIG_FILE sets it.
+WORKER_OWNED = {
+    "model": "MODEL_NAME",
+    "revision": "MODEL_REVISION",
+    "tokenizer": "TOKENIZER_NAME",
+    "tokenizer_revision": "TOKENIZER_REVISION",
+    "tensor_parallel_size": "TENSOR_PARALLEL_SIZE",
+    "pipeline_parallel_size": "PIPELINE_PARALLEL_SIZE",
+    "distributed_executor_backend": "DISTRIBUTED_EXECUTOR_BACKEND",
+}
+# Options no variable sets. hf_token: huggingface_hub reads HF_TOKEN itself, and keeping it out of the
+# engine arguments keeps the secret out of everything that prints them. The rest: frontend options with no
+# meaning inside a worker (no HTTP server, no scale-out endpoints).
+NO_VARIABLE = frozenset(
     {
         "hf_token",
-        "model",
-        "revision",
-        "tokenizer",
-        "tokenizer_revision",
-        "tensor_parallel_size",
-        "pipeline_parallel_size",
-        "distributed_executor_backend",
-        # Frontend options with no meaning inside a worker (no HTTP server, no scale-out endpoints).
         "tokens_only",
         "enable_scale_out",
         "enable_server_load_tracking",
@@ -37,6 +39,7 @@ NOT_FROM_ENVIRONMENT = frozenset(
         "sse_keep_alive_interval",
     }
 )
+NOT_FROM_ENVIRONMENT = frozenset(WORKER_OWNED) | NO_VARIABLE
 
 # vLLM's OpenAI-frontend options that are not engine arguments (BaseFrontendArgs' own fields, vLLM 0.32).
 # Listed, not read, so that a start whose variables set none of them needs only the engine's half of
@@ -224,7 +227,7 @@ def _bounds(name: str) -> str:
 
 def _accepted(action: argparse.Action) -> str:
     """Words for what an engine argument accepts."""
-    if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction)):
+    if _is_switch(action):
         return "true or false (also 1/0, yes/no, on/off)"
     if action.choices:
         return "one of " + ", ".join(str(c) for c in action.choices if c is not None)
@@ -243,6 +246,11 @@ def _accepted(action: argparse.Action) -> str:
     if action.nargs == "+":
         return f"a list of values (a JSON array, or separated by spaces or commas), each {words}"
     return words
+
+
+def _is_switch(action: argparse.Action) -> bool:
+    """A flag that takes no value (vLLM's are store_true and --x/--no-x): its variable is a yes/no."""
+    return action.nargs == 0
 
 
 def one_line(reason: str) -> str:
@@ -292,16 +300,16 @@ def parse_engine_arg(name: str, text: str) -> Any:
     parser, action = _parser_and_action(name)
     accepted = _accepted(action)
     try:
-        if isinstance(action, (argparse.BooleanOptionalAction, argparse._StoreTrueAction)):
+        if _is_switch(action):
             value = _parse_bool(text)
         elif action.nargs == "?" and text.strip().lower() in TRUE_WORDS:
             value = action.const
         else:
-            strings = _split_list(text) if action.nargs in ("+", "*") else [text]
-            # Run the action itself: some (LoRA modules) turn the converted text into objects.
-            namespace = argparse.Namespace()
-            action(parser, namespace, parser._get_values(action, strings), action.option_strings[0])
-            value = getattr(namespace, action.dest)
+            # The flag alone through vLLM's parser, as `vllm serve` reads it (its type, choices and action:
+            # some, LoRA modules, turn the text into objects); one variable per parse: one error each.
+            flag = max(action.option_strings, key=len)
+            words = [flag, *_split_list(text)] if action.nargs in ("+", "*") else [f"{flag}={text}"]
+            value = getattr(parser.parse_args(words, argparse.Namespace()), action.dest)
     except (argparse.ArgumentError, argparse.ArgumentTypeError, ValueError, TypeError) as e:
         reason = e.message if isinstance(e, argparse.ArgumentError) else str(e)
         raise EngineArgValueError(one_line(reason.replace("argument ", "", 1)), accepted) from None

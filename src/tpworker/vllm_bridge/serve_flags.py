@@ -10,23 +10,13 @@ from typing import Any
 
 from tpworker.vllm_bridge.arguments import (
     FRONTEND_FIELDS,
+    WORKER_OWNED,
     EngineArgValueError,
     check_constraints,
     one_line,
     serve_actions,
     serve_parser,
 )
-
-# Options the worker decides before vLLM is imported, from its own variables: a flag cannot move them.
-WORKER_OWNED = {
-    "model": "MODEL_NAME",
-    "revision": "MODEL_REVISION",
-    "tokenizer": "TOKENIZER_NAME",
-    "tokenizer_revision": "TOKENIZER_REVISION",
-    "tensor_parallel_size": "TENSOR_PARALLEL_SIZE",
-    "pipeline_parallel_size": "PIPELINE_PARALLEL_SIZE",
-    "distributed_executor_backend": "DISTRIBUTED_EXECUTOR_BACKEND",
-}
 
 
 def parse_flags(words: list[str]) -> tuple[dict[str, Any], list[str]]:
