@@ -249,7 +249,7 @@ def test_plan_estimates_the_start_against_runpods_init_timeout(capsys, monkeypat
     assert cli.main(["plan", model, "--gpus", "8", "--gpu-memory", "80"]) == 0
     text = capsys.readouterr().out
     assert "WARNING: Start estimate: about 7.7 min (weights 141.1 GB at 0.50 GB/s (assumed" in text
-    assert "which exceeds RunPod's init timeout of 7.0 min (RunPod's default)" in text
+    assert "which exceeds RunPod's init timeout of 7.0 min (RUNPOD_INIT_TIMEOUT=420, RunPod's default)" in text
     assert "Raise RUNPOD_INIT_TIMEOUT on the endpoint to at least 693 s" in text
     assert cli.main(["plan", model, "--gpus", "8", "--gpu-memory", "80", "--read-speed", "3"]) == 0
     text = capsys.readouterr().out

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from tpworker import timeline
 from tpworker.config.logs import configure_logging
 from tpworker.config.settings import SettingsError, load_settings, start_policy
-from tpworker.errors import StartRefused
+from tpworker.errors import StartRefused, in_one_line
 from tpworker.serving.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ async def handle(job: Any) -> AsyncGenerator[JobOutput, None]:
         from tpworker.serving.errors import service_unavailable
 
         log.error("Cannot start: %s", e)
-        yield service_unavailable(f"The worker cannot start: {' '.join(str(e).split())}").to_output()
+        yield service_unavailable(f"The worker cannot start: {in_one_line(e)}").to_output()
         return
     async for chunk in worker.handle(job):
         yield chunk

@@ -11,7 +11,7 @@ from tpworker.config.logs import COMMAND_FORMAT, SERVICE_FORMAT, configure_loggi
 
 def _plan(args: argparse.Namespace) -> int:
     from tpworker.config.settings import load_settings
-    from tpworker.planning import hardware, planner
+    from tpworker.planning import hardware, planner, start_time
 
     settings = load_settings()
     gpus = hardware.visible_gpus(settings.cuda_visible_devices)
@@ -32,9 +32,9 @@ def _plan(args: argparse.Namespace) -> int:
             read_gb_per_s=args.read_speed or 0.5,
             read_speed_source="given" if args.read_speed else "assumed: give yours with --read-speed",
             init_timeout_s=settings.worker.runpod_init_timeout,
-            init_timeout_source=f"RUNPOD_INIT_TIMEOUT={settings.worker.runpod_init_timeout}"
-            if "runpod_init_timeout" in settings.worker.model_fields_set
-            else "RunPod's default",
+            init_timeout_source=start_time.timeout_source(
+                settings.worker.runpod_init_timeout, "runpod_init_timeout" in settings.worker.model_fields_set
+            ),
         )
     except (OSError, KeyError, ValueError) as e:
         print(f"tpworker plan: cannot read {args.model!r}: {e}", file=sys.stderr)

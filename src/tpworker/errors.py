@@ -14,3 +14,8 @@ class StartRefused(Exception):
     def __init__(self, message: str = "", *, retryable: bool = False):
         super().__init__(message)
         self.retryable = retryable
+
+
+def in_one_line(error: object) -> str:
+    """An error's words on one line (vLLM's and pydantic's messages span several): for logs and job errors."""
+    return " ".join(str(error).split())

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from tpworker import timeline
 from tpworker.bench import paths
 from tpworker.bench.workload import Workload, prompt
+from tpworker.errors import in_one_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_start(spec)
     except BaseException as e:
         traceback.print_exc()
-        result = {"error": f"{type(e).__name__}: {' '.join(str(e).split())}"[:1000]}
+        result = {"error": f"{type(e).__name__}: {in_one_line(e)}"[:1000]}
     Path(args.out).write_text(json.dumps(result))
     return 0 if "error" not in result else 1
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tpworker.bench.metrics import percentile
+from tpworker.errors import in_one_line
 
 TARGET_RATIO = 2.0
 
@@ -66,7 +67,7 @@ def _short(text: object, limit: int = 160) -> str:
     except (ValueError, SyntaxError):
         error = text
     message = error.get("message", error) if isinstance(error, dict) else error
-    line = " ".join(str(message).split())
+    line = in_one_line(message)
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 

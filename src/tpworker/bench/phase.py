@@ -34,6 +34,7 @@ import psutil
 from tpworker.bench import paths
 from tpworker.bench.metrics import Timing, round_figures
 from tpworker.bench.workload import Workload, prompt
+from tpworker.errors import in_one_line
 
 if TYPE_CHECKING:
     from tpworker.serving.worker import Worker
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         run_phase(spec, events, args.spawned_at)
     except BaseException as e:
         traceback.print_exc()
-        events.emit("error", message=f"{type(e).__name__}: {' '.join(str(e).split())}"[:1000])
+        events.emit("error", message=f"{type(e).__name__}: {in_one_line(e)}"[:1000])
         return 1
     events.emit("done")
     return 0

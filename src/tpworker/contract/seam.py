@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tpworker.errors import in_one_line
+
 _NO_VALUE = object()
 
 
@@ -53,9 +55,9 @@ def check(seam: Seam) -> list[str]:
     try:
         found = resolve(seam.target)
     except ImportError as e:
-        return [f"cannot import it: {' '.join(str(e).split())}"]
+        return [f"cannot import it: {in_one_line(e)}"]
     except AttributeError as e:
-        return [f"it is gone: {' '.join(str(e).split())}"]
+        return [f"it is gone: {in_one_line(e)}"]
     problems = []
     if seam.parameters:
         problems += _parameter_problems(found, seam.parameters, seam.exact)

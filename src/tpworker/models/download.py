@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tpworker.errors import StartRefused
+from tpworker.errors import StartRefused, in_one_line
 from tpworker.models import hub_check, snapshot
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def explain(error: BaseException, repo_id: str, revision: str | None, target: Pa
             f"The disk filled up while downloading {repo_id} into {target} (a full disk). Free some space, or "
             f"download to a larger disk (a larger container disk or network volume on RunPod)."
         )
-    said = " ".join(str(error).split())
+    said = in_one_line(error)
     if hub_check.is_transient(error):
         return DownloadError(
             f"Cannot download {repo_id}: the Hugging Face hub could not be reached or failed "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from tpworker.errors import StartRefused
+from tpworker.errors import StartRefused, in_one_line
 
 # Seconds per request: the hub answers these in well under one; past this a restart is the better wait.
 TIMEOUT_S = 5.0
@@ -51,7 +51,7 @@ def _why_unreachable(error: BaseException, timeout: float) -> str:
         return f"it answered {error.response.status_code} {error.response.reason_phrase}".rstrip()
     if isinstance(error, httpx2.TimeoutException):
         return f"no answer within {timeout:g} s"
-    return f"it cannot be reached ({' '.join(str(error).split())[:200] or type(error).__name__})"
+    return f"it cannot be reached ({in_one_line(error)[:200] or type(error).__name__})"
 
 
 def _token_given() -> bool:
@@ -129,7 +129,7 @@ def check(
     except HFValidationError as e:
         raise HubRefused(
             f"{named} is neither a folder on this machine nor a Hugging Face model id (org/model): "
-            f"{' '.join(str(e).split()).split('. ')[0][:200]}."
+            f"{in_one_line(e).split('. ')[0][:200]}."
         ) from e
     except Exception as e:
         if is_transient(e):
@@ -142,5 +142,5 @@ def check(
                 f"HF_TOKEN is not a token {where} knows (it answered 401: invalid credentials). Set HF_TOKEN to a "
                 f"valid token ({HUB}/settings/tokens), or unset it for a public model."
             ) from e
-        said = " ".join(str(e).split())[:300]
+        said = in_one_line(e)[:300]
         raise HubRefused(f"Cannot check {named} on {where}: {type(e).__name__}: {said}") from e

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
-from tpworker.errors import StartRefused
+from tpworker.errors import StartRefused, in_one_line
 from tpworker.planning.parallel import ClusterShape
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def connected(address: str | None) -> Iterator[ModuleType]:
         ray.init(address=address or "auto", logging_level=logging.WARNING, log_to_driver=False)
     except ConnectionError as e:
         raise RayUnavailable(
-            f"DISTRIBUTED_EXECUTOR_BACKEND=ray but no Ray cluster was found ({' '.join(str(e).split())}). "
+            f"DISTRIBUTED_EXECUTOR_BACKEND=ray but no Ray cluster was found ({in_one_line(e)}). "
             f"Start one with `tpworker cluster head` and `tpworker cluster join`, or set RAY_ADDRESS. A cluster that "
             f"requires a token needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN here too."
         ) from None

@@ -83,3 +83,8 @@ def measure_read_speed(folder: Path, sample_bytes: int = SAMPLE_BYTES) -> float 
             break
     seconds = time.perf_counter() - began
     return done / seconds if done >= 2**20 and seconds > 0 else None
+
+
+def timeout_source(seconds: int, set_by_user: bool) -> str:
+    """Where the start's time limit comes from, in the words every report of it uses."""
+    return f"RUNPOD_INIT_TIMEOUT={seconds}" + ("" if set_by_user else ", RunPod's default")

@@ -14,7 +14,7 @@ import psutil
 from vllm import AsyncEngineArgs, SamplingParams
 
 from tpworker import timeline
-from tpworker.errors import StartRefused
+from tpworker.errors import StartRefused, in_one_line
 from tpworker.vllm_bridge import async_engine, prompts, start_failures, start_records
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ class Engine:
             try:
                 config = async_engine.create_engine_config(args)
             except Exception as e:  # vLLM raises ValueError, pydantic errors, OSError, ...
-                raise EngineStartError(f"vLLM refused the engine configuration: {' '.join(str(e).split())}") from e
+                raise EngineStartError(f"vLLM refused the engine configuration: {in_one_line(e)}") from e
             timeline.mark("engine configured")
             steps, started = _Steps(), threading.Event()
             prepared = _beside_the_start(beside_start, config.model_config, started) if beside_start else None
@@ -144,7 +144,7 @@ class Engine:
                 llm = async_engine.start_async_llm(config, args, on_engine_step=steps.report)
             except Exception as e:
                 failure = records.failure()
-                cause = failure or f"{' '.join(str(e).split())}; the cause is in vLLM's log lines above"
+                cause = failure or f"{in_one_line(e)}; the cause is in vLLM's log lines above"
                 raise EngineStartError(
                     f"vLLM could not start the engine: {cause}",
                     retryable=start_failures.restart_may_fix(failure),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from vllm.sampling_params import RequestOutputKind
 
+from tpworker.errors import in_one_line
 from tpworker.serving.batching import chunks
 from tpworker.serving.engine import Engine
 from tpworker.serving.errors import JobError
@@ -104,7 +105,7 @@ async def _engine_input(engine: Engine, request: NativeRequest, chat: ChatOption
         return await engine.render_text(cast(str, request.prompt))  # the job has a prompt when no messages
     except Exception as e:  # the template or the tokenizer refused the input
         if sampling.as_invalid_parameter(e) or isinstance(e, (ValueError, TypeError, KeyError)):
-            raise JobError(f"{field}: {' '.join(str(e).split())}", param=field) from None
+            raise JobError(f"{field}: {in_one_line(e)}", param=field) from None
         raise
 
 
@@ -182,7 +183,7 @@ async def generate(
             param = f"sampling_params.{invalid.parameter}" if invalid.parameter else None
             if param is None and params.structured_outputs is not None and sampling.is_grammar_error(str(invalid)):
                 param = "sampling_params.structured_outputs"  # a schema or grammar that does not compile
-            message = " ".join(str(invalid).split())
+            message = in_one_line(invalid)
             raise JobError(f"{param}: {message}" if param else message, param=param) from None
         raise
     if not request.stream:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from tpworker.errors import StartRefused
+from tpworker.errors import StartRefused, in_one_line
 from tpworker.serving.errors import service_unavailable
 from tpworker.serving.lifecycle import Lifecycle, State
 
@@ -17,7 +17,7 @@ REFUSED_CONCURRENCY = 16
 
 
 def refusal_message(error: StartRefused) -> str:
-    return "The worker cannot start: " + " ".join(str(error).split())
+    return "The worker cannot start: " + in_one_line(error)
 
 
 class RefusedWorker:

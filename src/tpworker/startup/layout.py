@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from tpworker import timeline
 from tpworker.config.settings import Settings
-from tpworker.errors import StartRefused
+from tpworker.errors import StartRefused, in_one_line
 from tpworker.models import default_model, resolve
 from tpworker.planning import hardware
 from tpworker.planning.modelinfo import ModelFacts, read_model_config
@@ -65,7 +65,7 @@ def model_facts(settings: Settings, model: ModelChoice) -> ModelFacts:
 
         raise StartError(
             f"Cannot read the model's config.json ({settings.source_of('model')}={model.path_or_id!r}): "
-            f"{' '.join(str(e).split())}",
+            f"{in_one_line(e)}",
             retryable=is_transient(e),
         ) from e
 

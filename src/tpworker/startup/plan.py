@@ -117,9 +117,7 @@ def estimate_start(settings: Settings, layout: Layout, compiles: bool, speed: fl
         return None
     estimate = start_time.StartEstimate(size, speed, f"measured reading {folder}", compiles)
     worker = settings.worker
-    source = f"RUNPOD_INIT_TIMEOUT={worker.runpod_init_timeout}" + (
-        "" if "runpod_init_timeout" in worker.model_fields_set else ", RunPod's default"
-    )
+    source = start_time.timeout_source(worker.runpod_init_timeout, "runpod_init_timeout" in worker.model_fields_set)
     sentence, warns = start_time.against_timeout(estimate, worker.runpod_init_timeout, source)
     (log.warning if warns else log.info)(sentence)
     return estimate
