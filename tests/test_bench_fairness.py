@@ -11,7 +11,7 @@ import pytest
 
 from tpworker import cli
 from tpworker.bench import fairness, fairness_jobs, fairness_report
-from tpworker.dev.jobs import DevEndpoint
+from tpworker.dev.job_store import DevEndpoint
 from tpworker.dev.server import build_app
 
 
@@ -170,8 +170,8 @@ def test_the_json_schema_is_the_deepest_vllm_and_the_worker_accept():
     from vllm.exceptions import VLLMValidationError
     from vllm.sampling_params import MAX_STRUCTURED_OUTPUT_JSON_NESTING, check_json_nesting
 
-    from tpworker.serving.errors import JobError
-    from tpworker.serving.jobs import check_json_values
+    from tpworker.serving.job_errors import JobError
+    from tpworker.serving.job_input import check_json_values
 
     assert fairness_jobs.VLLM_JSON_NESTING == MAX_STRUCTURED_OUTPUT_JSON_NESTING
     check_json_nesting(fairness_jobs.nested_schema(fairness_jobs.VLLM_JSON_LEVELS))

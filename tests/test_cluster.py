@@ -5,7 +5,7 @@ vLLM's CPU build cannot place its ranks on Ray (its CPU platform names no Ray re
 worker refuses that before loading, and the last test shows it is vLLM's own limit: vLLM started
 directly on this cluster stops with "current platform cpu does not support ray." for PP=2 and for
 TP=2 x PP=1. When a vLLM release lifts it, that test fails, and the refusal (which asks vLLM the
-same question, async_engine.ray_unsupported_reason) lets the worker through."""
+same question, async_llm.ray_unsupported_reason) lets the worker through."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_the_cluster_shape_is_read_from_ray(cluster):
 
 def test_the_plan_at_start_checks_tp_x_pp_against_the_live_cluster(cluster):
     from tpworker.planning.parallel import PlanError
-    from tpworker.startup.layout import plan_layout
+    from tpworker.startup.model_and_layout import plan_layout
 
     pp2 = plan_layout(settings_for(cluster, PIPELINE_PARALLEL_SIZE="2")).parallel
     assert (pp2.tensor_parallel_size, pp2.pipeline_parallel_size, pp2.backend) == (1, 2, "ray")
@@ -88,7 +88,7 @@ def test_the_plan_at_start_checks_tp_x_pp_against_the_live_cluster(cluster):
 def test_no_cluster_at_ray_address_is_refused_at_once(models):
     from tpworker.config.settings import load_settings
     from tpworker.planning.raystate import RayUnavailable
-    from tpworker.startup.layout import plan_layout
+    from tpworker.startup.model_and_layout import plan_layout
 
     settings = load_settings(
         {**os.environ, "DISTRIBUTED_EXECUTOR_BACKEND": "ray", "RAY_ADDRESS": f"127.0.0.1:{free_port()}"}
@@ -98,7 +98,7 @@ def test_no_cluster_at_ray_address_is_refused_at_once(models):
 
 
 def test_the_worker_refuses_ray_on_cpu_before_loading(cluster):
-    from tpworker.startup.layout import StartError
+    from tpworker.startup.model_and_layout import StartError
     from tpworker.startup.plan import plan_start
 
     settings = settings_for(cluster, PIPELINE_PARALLEL_SIZE="2")

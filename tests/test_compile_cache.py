@@ -13,7 +13,7 @@ from test_handler_cli import CHAT_JOB, run_handler
 
 from tpworker.config.settings import COMPILE_CACHE_VARIABLES, load_settings
 from tpworker.startup.compile_cache import cache_folder, compile_cache_environment
-from tpworker.startup.layout import plan_layout
+from tpworker.startup.model_and_layout import plan_layout
 from tpworker.startup.plan import plan_start
 
 from conftest import ENGINE_ENV

@@ -50,7 +50,7 @@ def test_the_transformers_backend_is_refused_at_tp2_for_an_architecture_without_
     goes through), OPT has none (refused before vLLM starts, naming the variables to change)."""
     import json
 
-    from tpworker.startup.layout import StartError
+    from tpworker.startup.model_and_layout import StartError
 
     args = engine_args(models, MODEL_IMPL="transformers", TENSOR_PARALLEL_SIZE="2")
     assert args["model_impl"] == "transformers" and args["tensor_parallel_size"] == 2

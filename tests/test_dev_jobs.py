@@ -9,7 +9,7 @@ import json
 
 import httpx
 
-from tpworker.dev.jobs import DevEndpoint
+from tpworker.dev.job_store import DevEndpoint
 from tpworker.dev.server import build_app
 
 

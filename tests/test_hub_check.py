@@ -16,7 +16,7 @@ import pytest
 from tpworker.config.settings import load_settings
 from tpworker.errors import StartRefused
 from tpworker.models import hub_check, resolve
-from tpworker.startup.layout import plan_layout
+from tpworker.startup.model_and_layout import plan_layout
 
 from conftest import ROOT
 from hubserver import GRANTED_TOKEN, INVALID_TOKEN, FakeHub

@@ -8,8 +8,8 @@ import pytest
 
 from tpworker.config.variables import WorkerSettings
 from tpworker.serving.batching import BatchPolicy
-from tpworker.serving.errors import JobError
-from tpworker.serving.jobs import parse_job
+from tpworker.serving.job_errors import JobError
+from tpworker.serving.job_input import parse_job
 from tpworker.serving.limits import Limits
 
 DEFAULT = BatchPolicy(max_size=50, min_size=1, growth_factor=3)
@@ -69,7 +69,7 @@ def test_the_limits_defaults_and_checks_come_from_the_settings():
 
 
 def test_both_route_forms_reach_the_same_request():
-    from tpworker.serving.jobs import OpenAIRequest
+    from tpworker.serving.job_input import OpenAIRequest
 
     body = {"model": "m", "prompt": "Hi"}
     assert parse({"openai_route": "/tokenize", "openai_input": body}) == OpenAIRequest("/tokenize", body, "POST")
@@ -129,7 +129,7 @@ def test_a_tool_conversation_in_native_messages_is_accepted():
 
 
 def test_native_jobs_in_the_openai_output_shape_become_openai_requests():
-    from tpworker.serving.jobs import OpenAIRequest, parse_native
+    from tpworker.serving.job_input import OpenAIRequest, parse_native
 
     def as_openai(job_input):
         return parse_native(job_input, default_batching=DEFAULT, limits=LIMITS, output="openai")

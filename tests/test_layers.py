@@ -2,7 +2,8 @@
 - each package imports only the packages below it (LAYERS), at any depth of the code;
 - config/settings.py alone reads the environment (others may hand the whole of it to a child process, or set it);
 - planning/ never imports vLLM, even lazily; the modules the start-up imports before its plan is checked
-  (config, planning, models, startup.layout) pull in no vLLM (a bad plan is refused before vLLM's seconds of import);
+  (config, planning, models, startup.model_and_layout) pull in no vLLM (a bad plan is refused before vLLM's
+  seconds of import);
 - vllm_bridge/ alone touches vLLM beyond its public AsyncEngineArgs / SamplingParams / RequestOutputKind;
 - serving/jobloop.py alone touches runpod's internals (others call `runpod.serverless.start`, its public entry).
 Each rule reads the modules' syntax trees (ast), so a comment or a string naming a module does not count."""
@@ -32,7 +33,7 @@ VLLM_PUBLIC = {
 }
 RUNPOD_INTERNALS_USER = PACKAGE / "serving" / "jobloop.py"
 # Imported by the start-up path before the plan is checked: none may import vLLM when imported.
-BEFORE_THE_PLAN = ["config", "planning", "models", "startup.layout", "errors", "timeline"]
+BEFORE_THE_PLAN = ["config", "planning", "models", "startup.model_and_layout", "errors", "timeline"]
 
 # What each part of the package may import from the others: the ones below it. Entry points (the
 # commands and handler.py's app) sit on top and may use anything.

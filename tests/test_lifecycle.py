@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from tpworker.serving.errors import JobError
+from tpworker.serving.job_errors import JobError
 from tpworker.serving.lifecycle import TRANSITIONS, Lifecycle, State, TransitionError
 
 

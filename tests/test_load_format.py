@@ -9,7 +9,7 @@ import os
 import pytest
 
 from tpworker.config.settings import load_settings
-from tpworker.startup.layout import StartError
+from tpworker.startup.model_and_layout import StartError
 from tpworker.startup.plan import plan_start
 
 from conftest import ENGINE_ENV

@@ -134,7 +134,7 @@ def test_adapters_are_found_like_the_model_before_anything_loads(models, adapter
     import logging
 
     from tpworker.errors import StartRefused
-    from tpworker.startup.layout import StartError
+    from tpworker.startup.model_and_layout import StartError
 
     from hubserver import FakeHub
 

@@ -10,14 +10,14 @@ import time
 import pytest
 
 from tpworker.serving import engine as engine_module
-from tpworker.vllm_bridge import async_engine, openai_server
+from tpworker.vllm_bridge import async_llm, openai_server
 
 
 @pytest.fixture(scope="module")
 def vllm_config(models):
     from vllm import AsyncEngineArgs
 
-    return async_engine.create_engine_config(AsyncEngineArgs(model=str(models[0]), max_model_len=2048))
+    return async_llm.create_engine_config(AsyncEngineArgs(model=str(models[0]), max_model_len=2048))
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_a_pooling_model_s_application_is_left_to_the_build(models):
     """Its routes depend on the pooling tasks the model has, which only the engine reports."""
     from vllm import AsyncEngineArgs
 
-    config = async_engine.create_engine_config(
+    config = async_llm.create_engine_config(
         AsyncEngineArgs(model=str(models[0]), max_model_len=2048, runner="pooling", convert="embed")
     )
     assert openai_server.prepare(config.model_config, None, "m", ["m"], {}) is None

@@ -66,7 +66,7 @@ def test_pp_on_cpu_in_eager_mode_is_refused_before_loading(models):
     import os
 
     from tpworker.config.settings import load_settings
-    from tpworker.startup.layout import StartError
+    from tpworker.startup.model_and_layout import StartError
     from tpworker.startup.plan import plan_start
 
     settings = load_settings({**os.environ, **ENGINE_ENV, "PIPELINE_PARALLEL_SIZE": "2", "ENFORCE_EAGER": "true"})

@@ -9,7 +9,7 @@ from tpworker.planning import hardware
 from tpworker.planning.modelinfo import ModelFacts, read_model_config
 from tpworker.planning.parallel import PlanError, valid_tp_sizes
 from tpworker.planning.preflight import PreflightError
-from tpworker.startup.layout import plan_layout
+from tpworker.startup.model_and_layout import plan_layout
 from tpworker.startup.plan import plan_start
 
 from conftest import ENGINE_ENV, RunningWorker, text_of

@@ -19,7 +19,7 @@ from tpworker.config.settings import load_settings
 from tpworker.models import download, resolve
 from tpworker.planning import hardware
 from tpworker.startup.engine_args import served_model_names
-from tpworker.startup.layout import StartError, choose_model
+from tpworker.startup.model_and_layout import StartError, choose_model
 from tpworker.startup.plan import plan_start
 
 from conftest import ROOT

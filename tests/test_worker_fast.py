@@ -10,7 +10,7 @@ import pytest
 from fake_engine import FakeEngine, token_text
 
 from tpworker.config.variables import WorkerSettings
-from tpworker.serving.errors import JobError
+from tpworker.serving.job_errors import JobError
 from tpworker.serving.worker import ENGINE_STOPPED, build_worker
 
 

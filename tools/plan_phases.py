@@ -25,7 +25,7 @@ CHILD = """
 import json
 from tpworker import timeline
 from tpworker.config.settings import load_settings
-from tpworker.startup.layout import plan_layout
+from tpworker.startup.model_and_layout import plan_layout
 from tpworker.startup.plan import plan_start
 
 settings = load_settings()
@@ -45,13 +45,13 @@ WORKER_TO_SPAWN = (
 import json, pickle, sys, time, psutil
 from vllm import AsyncEngineArgs
 from tpworker.config.settings import load_settings
-from tpworker.startup.layout import plan_layout
+from tpworker.startup.model_and_layout import plan_layout
 from tpworker.startup.plan import plan_start
-from tpworker.vllm_bridge import async_engine
+from tpworker.vllm_bridge import async_llm
 
 settings = load_settings()
 plan = plan_start(settings, plan_layout(settings))
-async_engine.create_engine_config(AsyncEngineArgs(**plan.engine_args))
+async_llm.create_engine_config(AsyncEngineArgs(**plan.engine_args))
 if len(sys.argv) > 1:  # the first, unmeasured run: keep the engine arguments for the raw engine's runs
     open(sys.argv[1], "wb").write(pickle.dumps(plan.engine_args))
 """

@@ -32,7 +32,7 @@ from tpworker.serving.lifecycle import Lifecycle
 
 if TYPE_CHECKING:
     from tpworker.config.settings import Settings
-    from tpworker.serving.jobs import JobOutput
+    from tpworker.serving.job_input import JobOutput
     from tpworker.serving.refused import RefusedWorker
     from tpworker.serving.worker import Worker
 
@@ -67,7 +67,7 @@ async def handle(job: Any) -> AsyncGenerator[JobOutput, None]:
     try:
         worker = current_worker()
     except StartRefused as e:
-        from tpworker.serving.errors import service_unavailable
+        from tpworker.serving.job_errors import service_unavailable
 
         log.error("Cannot start: %s", e)
         yield service_unavailable(f"The worker cannot start: {in_one_line(e)}").to_output()
@@ -116,8 +116,8 @@ def _local_job(argv: list[str], handler_dir: Path, on_runpod: bool) -> Any:
 def _refusal(job: Any, settings: Settings) -> dict[str, Any] | None:
     """The error output the handler would give this job before generating, if any."""
     from tpworker.serving.batching import BatchPolicy
-    from tpworker.serving.errors import JobError
-    from tpworker.serving.jobs import parse_job
+    from tpworker.serving.job_errors import JobError
+    from tpworker.serving.job_input import parse_job
     from tpworker.serving.limits import Limits
 
     try:
@@ -140,7 +140,7 @@ def main(handler: Handler, handler_file: str) -> int:
         settings = load_settings()
         timeline.mark("settings read")
         local_job = _local_job(sys.argv[1:], Path(handler_file).resolve().parent, settings.on_runpod)
-        from tpworker.startup.layout import plan_layout
+        from tpworker.startup.model_and_layout import plan_layout
         from tpworker.startup.plan import plan_start
         from tpworker.startup.start import start_worker
 

@@ -1,14 +1,14 @@
 """`tpworker bench`: the same workload against the raw vLLM engine and each path through the worker.
 
-workload.py  what is sent: prompts, lengths, sampling, concurrency, repetitions
-paths.py     one runner per path: send one request, time its tokens
-phase.py     one process per engine: start it, measure the cold start, run its paths' rounds
-metrics.py   request timings -> figures (tokens/s, TTFT, ITL, latency), median/min/max, ratios
-machine.py   what the result was measured on (CPU, GPUs, load)
-run.py       the whole run: one phase process after another, progress, targets
-results.py   a phase's events -> results per TP size, summaries and ratios to raw
-targets.py   the targets checked and the TP scaling of weight memory
-options.py   the command-line options
-report.py    terminal table, JSON and Markdown
-chart.py     the PNG chart
+workload.py       what is sent: prompts, lengths, sampling, concurrency, repetitions
+request_paths.py  one runner per request path: send one request, time its tokens
+phase.py          one process per engine: start it, measure the cold start, run its paths' rounds
+metrics.py        request timings -> figures (tokens/s, TTFT, ITL, latency), median/min/max, ratios
+machine.py        what the result was measured on (CPU, GPUs, load)
+run.py            the whole run: one phase process after another, progress, targets
+results.py        a phase's events -> results per TP size, summaries and ratios to raw
+targets.py        the targets checked and the TP scaling of weight memory
+options.py        the command-line options
+report.py         terminal table, JSON and Markdown
+chart.py          the PNG chart
 """

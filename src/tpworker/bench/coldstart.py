@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tpworker import timeline
-from tpworker.bench import paths
+from tpworker.bench import request_paths
 from tpworker.bench.workload import Workload, prompt
 from tpworker.errors import in_one_line
 
@@ -58,13 +58,13 @@ def start_raw(spec: dict[str, Any]) -> AsyncLLM:
     return llm
 
 
-def start_worker(spec: dict[str, Any]) -> tuple[StartedWorker, paths.Handler]:
+def start_worker(spec: dict[str, Any]) -> tuple[StartedWorker, request_paths.Handler]:
     """The worker as handler.py's main() starts it, and handler.py's handler in front of it."""
     import importlib.util
 
     from tpworker import app
     from tpworker.config.settings import load_settings
-    from tpworker.startup.layout import plan_layout
+    from tpworker.startup.model_and_layout import plan_layout
     from tpworker.startup.plan import plan_start
     from tpworker.startup.start import start_worker
 
@@ -80,11 +80,11 @@ def start_worker(spec: dict[str, Any]) -> tuple[StartedWorker, paths.Handler]:
     return started, module.handler
 
 
-async def first_tokens(runner: paths.Runner, body: str, jobs: int, tag: str) -> list[float]:
+async def first_tokens(runner: request_paths.Runner, body: str, jobs: int, tag: str) -> list[float]:
     """Time to first token of `jobs` streamed requests sent one after another, in ms."""
     out: list[float] = []
     for i in range(jobs):
-        (timing,) = await paths.one_round(runner, [prompt(body, f"{tag} job {i + 1}")], True)
+        (timing,) = await request_paths.one_round(runner, [prompt(body, f"{tag} job {i + 1}")], True)
         if timing.error or timing.first is None:
             raise RuntimeError(f"job {i + 1} failed: {timing.error or 'no token came'}")
         if i == 0:
@@ -99,7 +99,7 @@ def run_start(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["kind"] == "raw":
         llm = start_raw(spec)
         try:
-            ttft = asyncio.run(first_tokens(paths.RawRunner(workload, llm), spec["body"], spec["jobs"], tag))
+            ttft = asyncio.run(first_tokens(request_paths.RawRunner(workload, llm), spec["body"], spec["jobs"], tag))
         finally:
             llm.shutdown()
     else:
@@ -108,7 +108,9 @@ def run_start(spec: dict[str, Any]) -> dict[str, Any]:
         async def serve() -> list[float]:
             if (ready := started.worker.loop_started()) is not None:  # as RunPod's job loop does
                 await ready
-            return await first_tokens(paths.HandlerNativeRunner(workload, handler), spec["body"], spec["jobs"], tag)
+            return await first_tokens(
+                request_paths.HandlerNativeRunner(workload, handler), spec["body"], spec["jobs"], tag
+            )
 
         try:
             ttft = asyncio.run(serve())

@@ -50,8 +50,8 @@ def schema_job(levels: int) -> dict[str, Any]:
 def deepest_schema_levels() -> int:
     """The deepest nested_schema both vLLM and the worker take: the worker refuses a job nested more than
     serving.jobs.MAX_NESTING levels from its input's root (3 of them above the schema), before vLLM sees it."""
-    from tpworker.serving.errors import JobError
-    from tpworker.serving.jobs import check_json_values
+    from tpworker.serving.job_errors import JobError
+    from tpworker.serving.job_input import check_json_values
 
     for levels in range(VLLM_JSON_LEVELS, 0, -1):
         try:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from tpworker.bench import paths
+from tpworker.bench import request_paths
 from tpworker.bench.metrics import Timing, round_figures
 from tpworker.bench.workload import Workload, prompt
 from tpworker.errors import in_one_line
@@ -75,7 +75,7 @@ def start_raw(spec: dict[str, Any]) -> AsyncLLM:
     return AsyncLLMEngine.from_engine_args(AsyncEngineArgs(**engine_args))
 
 
-def start_worker(spec: dict[str, Any]) -> tuple[Worker, paths.Handler]:
+def start_worker(spec: dict[str, Any]) -> tuple[Worker, request_paths.Handler]:
     """The worker as handler.py's start builds it (app.main): settings -> plan -> engine -> worker,
     and handler.py's own handler function in front of it."""
     import importlib.util
@@ -167,7 +167,7 @@ def worker_started_at(server: subprocess.Popen[bytes]) -> float:
     raise RuntimeError("the dev server runs no handler.py process")
 
 
-async def first_request(runner: paths.Runner, text: str, server: subprocess.Popen[bytes] | None) -> Timing:
+async def first_request(runner: request_paths.Runner, text: str, server: subprocess.Popen[bytes] | None) -> Timing:
     """The cold start's request: sent as soon as the server takes connections."""
     deadline = time.monotonic() + SERVER_START_SECONDS
     while True:
@@ -230,7 +230,7 @@ class CpuMeter:
 
 async def measure(
     spec: dict[str, Any],
-    runners: dict[str, paths.Runner],
+    runners: dict[str, request_paths.Runner],
     events: Events,
     spawned_at: float,
     llm: AsyncLLM | None = None,
@@ -262,7 +262,7 @@ async def measure(
     for name, runner in runners.items():
         for w in range(workload.warmup):
             prompts = [prompt(body, f"warm {name} tp{tp} w{w} #{i}") for i in range(top)]
-            timings = await paths.one_round(runner, prompts, workload.stream)
+            timings = await request_paths.one_round(runner, prompts, workload.stream)
             events.emit(
                 "round",
                 route=name,
@@ -279,7 +279,7 @@ async def measure(
             shift = rep % len(names)
             for name in names[shift:] + names[:shift]:
                 prompts = [prompt(body, f"{name} tp{tp} c{level} r{rep} #{i}") for i in range(level)]
-                timings = await paths.one_round(runners[name], prompts, workload.stream)
+                timings = await request_paths.one_round(runners[name], prompts, workload.stream)
                 events.emit(
                     "round",
                     route=name,
@@ -299,18 +299,18 @@ def run_phase(spec: dict[str, Any], events: Events, spawned_at: float) -> None:
     if kind == "raw":
         llm = start_raw(spec)
         try:
-            asyncio.run(measure(spec, {"raw": paths.RawRunner(workload, llm)}, events, spawned_at, llm=llm))
+            asyncio.run(measure(spec, {"raw": request_paths.RawRunner(workload, llm)}, events, spawned_at, llm=llm))
         finally:
             llm.shutdown()
         return
     if kind == "handler":
         worker, handler = start_worker(spec)
         runners = {  # the first route is the cold start's
-            "handler-native": paths.HandlerNativeRunner(workload, handler),
-            "handler-openai": paths.HandlerOpenAIRunner(workload, handler, spec["model"]),
+            "handler-native": request_paths.HandlerNativeRunner(workload, handler),
+            "handler-openai": request_paths.HandlerOpenAIRunner(workload, handler, spec["model"]),
             # the worker's own AsyncLLM driven directly, interleaved with the handler's rounds:
             # the handler's cost without the noise between processes started minutes apart
-            "raw-paired": paths.RawRunner(workload, worker.engine.llm),
+            "raw-paired": request_paths.RawRunner(workload, worker.engine.llm),
         }
         try:
             asyncio.run(measure(spec, {r: runners[r] for r in routes}, events, spawned_at, llm=worker.engine.llm))
@@ -324,11 +324,11 @@ def run_phase(spec: dict[str, Any], events: Events, spawned_at: float) -> None:
     try:
         if kind == "dev":
             runners = {
-                "dev-native": paths.DevNativeRunner(workload, base_url),
-                "dev-openai": paths.OpenAIHTTPRunner(workload, f"{base_url}/openai", spec["model"]),
+                "dev-native": request_paths.DevNativeRunner(workload, base_url),
+                "dev-openai": request_paths.OpenAIHTTPRunner(workload, f"{base_url}/openai", spec["model"]),
             }
         else:
-            runners = {"vllm-serve": paths.OpenAIClientRunner(workload, base_url, spec["model"])}
+            runners = {"vllm-serve": request_paths.OpenAIClientRunner(workload, base_url, spec["model"])}
         asyncio.run(measure(spec, {r: runners[r] for r in routes}, events, spawned_at, server=server))
     finally:
         stop_server(server)

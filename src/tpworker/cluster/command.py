@@ -170,7 +170,7 @@ def _terminate_on_sigterm() -> None:
 def _needs(settings: Settings, node: Node, nodes: int) -> tuple[int, int]:
     """(GPUs, CPUs) the worker's plan needs from the cluster, checked first against `nodes` nodes
     like this one, so that a layout the cluster can never hold is refused before Ray starts."""
-    from tpworker.startup.layout import plan_layout
+    from tpworker.startup.model_and_layout import plan_layout
 
     expected = ClusterShape((node.gpus,) * nodes, (node.cpus,) * nodes)
     parallel = plan_layout(settings, cluster=expected).parallel

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tpworker.contract.seam import Seam
 
-ENGINE = "vllm_bridge/async_engine.py"
+ENGINE = "vllm_bridge/async_llm.py"
 ARGUMENTS = "vllm_bridge/arguments.py"
 OPENAI = "vllm_bridge/openai_server.py"
 PROBE = "vllm_bridge/grammar_probe.py"

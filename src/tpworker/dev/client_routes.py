@@ -10,8 +10,8 @@ from typing import Any, cast
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from tpworker.dev.jobs import FINAL, RUNSYNC_WAIT_SECONDS, STREAM_WAIT_SECONDS, DevEndpoint, Job, openai_error
-from tpworker.serving.jobs import ROUTES
+from tpworker.dev.job_store import FINAL, RUNSYNC_WAIT_SECONDS, STREAM_WAIT_SECONDS, DevEndpoint, Job, openai_error
+from tpworker.serving.job_input import ROUTES
 
 
 class Refused(Exception):

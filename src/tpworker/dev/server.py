@@ -27,7 +27,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from tpworker.dev.client_routes import Refused, client_router, refused_response
-from tpworker.dev.jobs import WORKER_TOKEN, DevEndpoint
+from tpworker.dev.job_store import WORKER_TOKEN, DevEndpoint
 from tpworker.dev.worker_routes import worker_router
 
 log = logging.getLogger("tpworker.dev")

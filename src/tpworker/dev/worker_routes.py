@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from tpworker.dev.jobs import DevEndpoint
+from tpworker.dev.job_store import DevEndpoint
 
 
 def worker_router(endpoint: DevEndpoint) -> APIRouter:

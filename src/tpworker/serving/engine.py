@@ -15,7 +15,7 @@ from vllm import AsyncEngineArgs, SamplingParams
 
 from tpworker import timeline
 from tpworker.errors import StartRefused, in_one_line
-from tpworker.vllm_bridge import async_engine, prompts, start_failures, start_records
+from tpworker.vllm_bridge import async_llm, prompts, start_failures, start_records
 
 if TYPE_CHECKING:
     from tpworker.vllm_bridge.openai_server import PreparedApp
@@ -134,14 +134,14 @@ class Engine:
         began = time.perf_counter()
         with start_records.kept(args) as records:
             try:
-                config = async_engine.create_engine_config(args)
+                config = async_llm.create_engine_config(args)
             except Exception as e:  # vLLM raises ValueError, pydantic errors, OSError, ...
                 raise EngineStartError(f"vLLM refused the engine configuration: {in_one_line(e)}") from e
             timeline.mark("engine configured")
             steps, started = _Steps(), threading.Event()
             prepared = _beside_the_start(beside_start, config.model_config, started) if beside_start else None
             try:
-                llm = async_engine.start_async_llm(config, args, on_engine_step=steps.report)
+                llm = async_llm.start_async_llm(config, args, on_engine_step=steps.report)
             except Exception as e:
                 failure = records.failure()
                 cause = failure or f"{in_one_line(e)}; the cause is in vLLM's log lines above"
@@ -184,7 +184,7 @@ class Engine:
     @property
     def generates(self) -> bool:
         """False when the model runs as a pooling model: then only the pooling routes serve it."""
-        answer: bool = async_engine.generates(self._live())
+        answer: bool = async_llm.generates(self._live())
         return answer
 
     async def render_chat(

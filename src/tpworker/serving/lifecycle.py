@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from tpworker.serving.errors import JobError, service_unavailable
+from tpworker.serving.job_errors import JobError, service_unavailable
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tpworker.config.variables import WorkerSettings
-from tpworker.serving.errors import JobError
+from tpworker.serving.job_errors import JobError
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from vllm.sampling_params import RequestOutputKind
 from tpworker.errors import in_one_line
 from tpworker.serving.batching import chunks
 from tpworker.serving.engine import Engine
-from tpworker.serving.errors import JobError
-from tpworker.serving.jobs import NativeRequest
+from tpworker.serving.job_errors import JobError
+from tpworker.serving.job_input import NativeRequest
 from tpworker.serving.limits import Limits
 from tpworker.serving.structured_check import StructuredOutputCheck
 from tpworker.vllm_bridge import prompts, sampling

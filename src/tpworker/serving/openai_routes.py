@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from tpworker.serving.batching import BatchPolicy, chunks
 from tpworker.serving.engine import Engine
-from tpworker.serving.errors import JobError
-from tpworker.serving.jobs import GENERATION_ROUTES, JobOutput, OpenAIRequest
+from tpworker.serving.job_errors import JobError
+from tpworker.serving.job_input import GENERATION_ROUTES, JobOutput, OpenAIRequest
 from tpworker.serving.limits import Limits
 from tpworker.serving.structured_check import StructuredOutputCheck
 from tpworker.vllm_bridge import sampling

@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from tpworker.errors import StartRefused, in_one_line
-from tpworker.serving.errors import service_unavailable
+from tpworker.serving.job_errors import service_unavailable
 from tpworker.serving.lifecycle import Lifecycle, State
 
 # A refused worker answers at once; it takes jobs as fast as RunPod hands them out.

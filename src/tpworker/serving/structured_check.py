@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-from tpworker.serving.errors import JobError
+from tpworker.serving.job_errors import JobError
 from tpworker.vllm_bridge import grammar_probe
 
 if TYPE_CHECKING:

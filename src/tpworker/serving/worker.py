@@ -23,13 +23,13 @@ from tpworker.config.variables import WorkerSettings
 from tpworker.serving import native
 from tpworker.serving.batching import BatchPolicy
 from tpworker.serving.engine import Engine
-from tpworker.serving.errors import JobError, service_unavailable
-from tpworker.serving.jobs import JobOutput, OpenAIRequest, parse_job
+from tpworker.serving.job_errors import JobError, service_unavailable
+from tpworker.serving.job_input import JobOutput, OpenAIRequest, parse_job
 from tpworker.serving.lifecycle import Lifecycle, State
 from tpworker.serving.limits import Limits
 from tpworker.serving.openai_routes import OpenAIRoutes
 from tpworker.serving.structured_check import StructuredOutputCheck
-from tpworker.vllm_bridge import async_engine, openai_server
+from tpworker.vllm_bridge import async_llm, openai_server
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ class Worker:
             log.info("Job %s refused: %s", job_id, e.message)
             yield e.to_output()
         except Exception as e:  # anything else is our fault or the engine's, never the caller's
-            if async_engine.is_engine_dead(e):
+            if async_llm.is_engine_dead(e):
                 log.error("Job %s failed: the engine died.", job_id)
                 yield service_unavailable(ENGINE_STOPPED).to_output()
                 return

@@ -26,7 +26,7 @@ from pathlib import Path
 from tpworker import timeline
 from tpworker.config.settings import Settings
 from tpworker.planning import hardware
-from tpworker.startup.layout import Layout
+from tpworker.startup.model_and_layout import Layout
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from tpworker.config.settings import Settings
 from tpworker.config.variables import CPU_DTYPE, CPU_KV_CACHE_BYTES, CPU_LONG_PREFILL_TOKENS
 from tpworker.planning import hardware
 from tpworker.planning.parallel import ParallelPlan
-from tpworker.startup.layout import Layout, ModelChoice, StartError
+from tpworker.startup.model_and_layout import Layout, ModelChoice, StartError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def cpu_pipeline_defaults(args: dict[str, Any]) -> dict[str, Any]:
     fails (AssertionError in sync_and_gather_intermediate_tensors). Tracing the model once with
     torch's eager backend runs that pass and computes what eager mode does (no inductor kernels: the same
     kernels as eager mode), as tests/test_pipeline_parallel.py checks against TP=1."""
-    from tpworker.vllm_bridge import async_engine
+    from tpworker.vllm_bridge import async_llm
 
     if args.get("enforce_eager"):
         raise StartError(
@@ -100,7 +100,7 @@ def cpu_pipeline_defaults(args: dict[str, Any]) -> dict[str, Any]:
         "No GPU, %d pipeline stages: tracing the model once, run by torch's eager backend.",
         args["pipeline_parallel_size"],
     )
-    return {"compilation_config": async_engine.trace_once_eager_compilation()}
+    return {"compilation_config": async_llm.trace_once_eager_compilation()}
 
 
 def cpu_environment(settings: Settings, parallel: ParallelPlan) -> dict[str, str]:

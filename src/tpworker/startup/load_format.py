@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tpworker.startup.layout import Layout, StartError
+from tpworker.startup.model_and_layout import Layout, StartError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Settings + machine -> the frozen plan the worker starts from, checked before anything loads.
 
 Order matters for cold starts: what can refuse a bad configuration without vLLM (the model's config,
-the tensor-parallel plan: layout.py) runs before vLLM is imported; then the engine's arguments
+the tensor-parallel plan: model_and_layout.py) runs before vLLM is imported; then the engine's arguments
 (engine_args.py, through vLLM's parser) and the memory and interconnect checks against the GPUs.
 """
 
@@ -21,8 +21,8 @@ from tpworker.planning.parallel import ClusterShape, ParallelPlan
 from tpworker.planning.start_time import StartEstimate
 from tpworker.startup.compile_cache import compile_cache_environment
 from tpworker.startup.engine_args import cpu_environment, engine_args
-from tpworker.startup.layout import Layout, StartError, plan_layout
 from tpworker.startup.load_format import check_load_format
+from tpworker.startup.model_and_layout import Layout, StartError, plan_layout
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,13 @@ def plan_start(settings: Settings, layout: Layout | None = None, cluster: Cluste
     against the GPUs (raises PreflightError when the plan cannot fit)."""
     layout = layout or plan_layout(settings, cluster)
     read_speed = _read_speed_beside_the_import(layout)
-    from tpworker.vllm_bridge import arguments, async_engine
+    from tpworker.vllm_bridge import arguments, async_llm
 
     timeline.mark("vLLM imported")
     options = settings.vllm_args()
     if options.get("lora_modules"):  # each adapter a local folder before anything loads
         options["lora_modules"] = adapters.resolve_modules(settings, options["lora_modules"])
-    if layout.parallel.backend == "ray" and (reason := async_engine.ray_unsupported_reason()):
+    if layout.parallel.backend == "ray" and (reason := async_llm.ray_unsupported_reason()):
         raise StartError(f"DISTRIBUTED_EXECUTOR_BACKEND=ray: {reason}. Use DISTRIBUTED_EXECUTOR_BACKEND=mp here.")
     args = engine_args(settings, layout, {k: v for k, v in options.items() if arguments.is_engine_arg(k)})
     if options.get("lora_modules"):
@@ -83,7 +83,7 @@ def plan_start(settings: Settings, layout: Layout | None = None, cluster: Cluste
     if not layout.gpus:
         environment.update(cpu_environment(settings, layout.parallel))
     if not args.get("enforce_eager"):  # something to compile: keep it on the volume for the next worker
-        environment.update(compile_cache_environment(settings, layout, async_engine.vllm_version()))
+        environment.update(compile_cache_environment(settings, layout, async_llm.vllm_version()))
     run_preflight(settings, layout, args)
     openai_options = {k: v for k, v in options.items() if not arguments.is_engine_arg(k)}
     compiles = bool(layout.gpus) and not args.get("enforce_eager")

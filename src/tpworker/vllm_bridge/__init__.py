@@ -4,7 +4,7 @@ what they rely on and says what moved, and the end-to-end tests on the real CPU 
 
 - arguments: engine arguments and `vllm serve` options, through vLLM's CLI parser and config classes
 - serve_flags: VLLM_EXTRA_ARGS / VLLM_CONFIG_FILE, `vllm serve`'s namespace and its cross-option checks
-- async_engine: the engine's configuration, AsyncLLM with a step observer, engine death
+- async_llm: the engine's configuration, AsyncLLM with a step observer, engine death
 - start_records, start_failures: vLLM's own log records of a start, and the memory errors a retry can fix
 - prompts: the renderer (chat template, tokenization, context check)
 - sampling: SamplingParams from JSON, vLLM's request errors

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from vllm.v1.engine import EngineCoreRequest
 
 from tpworker.vllm_bridge.asgi_call import call_asgi
-from tpworker.vllm_bridge.async_engine import is_engine_dead
+from tpworker.vllm_bridge.async_llm import is_engine_dead
 from tpworker.vllm_bridge.serve_flags import server_namespace
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from tpworker.serving.batching import BatchPolicy
-from tpworker.serving.errors import JobError
+from tpworker.serving.job_errors import JobError
 from tpworker.serving.limits import Limits
 
 if TYPE_CHECKING:
