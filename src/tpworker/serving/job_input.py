@@ -153,10 +153,7 @@ def _first_error(e: ValidationError, prefix: str = "", errors: list[ErrorDetails
         accepted = ", ".join(NativeInput.model_fields)
         return JobError(f"Unknown field '{_field_path(loc)}'. Accepted fields: {accepted}.", param=_field_path(loc))
     if err["type"] == "literal_error" and loc and loc[-1] == "role":
-        return JobError(
-            f"{_field_path(loc)}: unknown role {err['input']!r}. Accepted roles: {', '.join(ROLES)}.",
-            param=_field_path(loc),
-        )
+        return unknown_role(_field_path(loc), err["input"])
     path = prefix + _field_path(loc)
     reasons = [x["msg"] for x in errors if _field_path(x["loc"]) == _field_path(loc)]
     return JobError(f"{path}: {'; or '.join(dict.fromkeys(reasons))}.", param=path)
@@ -282,6 +279,11 @@ class OpenAIRequest:
 OPENAI_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
+def unknown_role(path: str, role: object) -> JobError:
+    """The one refusal of a chat role this worker does not know, in either job form."""
+    return JobError(f"{path}: unknown role {role!r}. Accepted roles: {', '.join(ROLES)}.", param=path)
+
+
 def _check_openai_body(route: str, body: dict[str, Any], limits: Limits) -> None:
     """What this worker refuses beyond vLLM's own checks: its limits, and (as OpenAI's API does)
     chat roles it does not know, which vLLM would pass to the template as they are."""
@@ -289,10 +291,7 @@ def _check_openai_body(route: str, body: dict[str, Any], limits: Limits) -> None
     for index, message in enumerate(messages if isinstance(messages, list) else []):
         role = message.get("role") if isinstance(message, dict) else None
         if isinstance(role, str) and role not in ROLES:
-            raise JobError(
-                f"messages[{index}].role: unknown role {role!r}. Accepted roles: {', '.join(ROLES)}.",
-                param=f"messages[{index}].role",
-            )
+            raise unknown_role(f"messages[{index}].role", role)
     limits.check_n(body.get("n"), "n")
     for name in OPENAI_OUTPUT_FIELDS:
         limits.check_output_tokens(body.get(name), name)
