@@ -22,7 +22,7 @@ PROMPT = {"prompt": "The capital of France is", "sampling_params": {"max_tokens"
 REGEX = "((a*)*){50}b"
 # The regex costs little to compile; its cost is in matching: the grammar's per-step token mask grows with every
 # "a" generated (ever more ways to split a run of a's among the nested groups). Left to itself the model writes
-# "b" at once (measured: 0.7 s, 2 tokens), so the job does what a hostile client would: a run of a's as the
+# "b" at once (two tokens), so the job does what a hostile client would: a run of a's as the
 # prompt, and only the tokens that run is made of allowed (allowed_token_ids), so that the "b" never comes.
 REGEX_PROMPT = "a" * 64
 # vllm.sampling_params.MAX_STRUCTURED_OUTPUT_JSON_NESTING (vLLM 0.32): objects and arrays may nest 64 levels

@@ -2,8 +2,7 @@
 
 runpod 1.10's JobScaler (runpod/serverless/modules/rp_scale.py) has five habits this worker cannot keep:
 - it looks at its job queue every 100 ms, so a taken job waits 0-100 ms before its handler starts
-  (`tpworker bench` measured this as most of the ~110 ms the RunPod path added to a lone request's
-  first token on CPU);
+  (`tpworker bench` found this most of what the RunPod path added to a lone request's first token);
 - it counts a job waiting in that queue twice (queue + in progress), and when that count reaches the
   concurrency it sleeps 1 s before taking more: slots stay empty while jobs wait at RunPod;
 - on a stop it ends its run loop as soon as its queue is empty, while a job take may still be open:

@@ -34,7 +34,7 @@ CHECK_INTERVAL_S = 0.5
 # After the jobs are told, how long their error outputs get to reach RunPod.
 REPORT_TIMEOUT_S = 10
 # The engine's first step may compile: with TP>1 on CPU, vLLM compiles its vocabulary-shard mask with torch's
-# inductor at the first request (3-8 s here, C++ builds included), after its own warm-up. A stall limit meant
+# inductor at the first request (seconds, C++ builds included), after its own warm-up. A stall limit meant
 # for a step every few seconds must not fail that one.
 FIRST_STEP_GRACE_S = 120
 

@@ -11,8 +11,8 @@ is left as it is.
 
 On CPU vLLM 0.32's ahead-of-time artifacts (VLLM_USE_AOT_COMPILE, on by default with torch >= 2.10)
 are saved but fail to load ("'function' object has no attribute 'finalize_loading'"), so every start
-would compile again; without them inductor's own cache serves the next start (measured: a compiled
-start of 182 s, then 103 s from the cache, TP=1). The worker turns them off there.
+would compile again; without them inductor's own cache serves the next start (results/start/figures.md).
+The worker turns them off there.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def cpu_defaults(settings: Settings, args: dict[str, Any]) -> dict[str, Any]:
     if args.get("pipeline_parallel_size", 1) > 1:
         defaults.update(cpu_pipeline_defaults(args))
     elif "enforce_eager" not in args:
-        # vLLM's compiled mode starts ~4x slower on CPU (~90 s for the default model).
+        # vLLM's compiled mode starts several times slower on CPU (results/start/figures.md).
         defaults["enforce_eager"] = True
         log.info("No GPU: running vLLM in eager mode (set ENFORCE_EAGER=false to compile).")
     memory_chosen = settings.cpu_kv_cache_set or {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(args)

@@ -44,7 +44,7 @@ NOT_FROM_ENVIRONMENT = frozenset(WORKER_OWNED) | NO_VARIABLE
 # vLLM's OpenAI-frontend options that are not engine arguments (BaseFrontendArgs' own fields, vLLM 0.32).
 # Listed, not read, so that a start whose variables set none of them needs only the engine's half of
 # `vllm serve`'s parser: the frontend half imports vLLM's server modules (OpenAI and Anthropic protocols,
-# FastAPI, tool parsers: 0.4-0.9 s before the engine could spawn), which the OpenAI layer imports beside the
+# FastAPI, tool parsers: time before the engine could spawn), which the OpenAI layer imports beside the
 # engine's start anyway. tests/test_settings.py checks the list against vLLM's own.
 FRONTEND_FIELDS = frozenset(
     {

@@ -33,8 +33,8 @@ def sampling_param_names() -> list[str]:
 
 @functools.cache
 def _sampling_params_adapter() -> TypeAdapter[SamplingParams]:
-    """Built once: building pydantic's adapter for SamplingParams takes ~0.6 ms, per job otherwise
-    (measured by tpworker bench's profiling); validating with it takes ~0.01 ms."""
+    """Built once: building pydantic's adapter for SamplingParams costs far more than validating with it,
+    and would be paid per job otherwise (results/start/figures.md)."""
     from pydantic import TypeAdapter
     from vllm import SamplingParams
 
