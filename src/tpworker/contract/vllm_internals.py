@@ -38,6 +38,30 @@ VLLM_SEAMS: tuple[Seam, ...] = (
         "the abstract methods the step logger implements",
         fields=("record", "log_engine_initialized"),
     ),
+    Seam(
+        "vllm.v1.engine.async_llm:AsyncLLM",
+        "serving/engine.py",
+        "what the worker reads of the running engine: its configuration, its renderer, whether it failed",
+        fields=("vllm_config", "model_config", "renderer", "errored", "generate", "encode", "abort", "shutdown"),
+    ),
+    Seam(
+        "vllm.config:VllmConfig",
+        "serving/engine.py",
+        "the parts of the engine's configuration the worker, the probe and the OpenAI layer read",
+        fields=("model_config", "parallel_config", "structured_outputs_config", "speculative_config"),
+    ),
+    Seam(
+        "vllm.config:ModelConfig",
+        OPENAI,
+        "the served length, the runner (generate or pooling), the tokenizer's presence, the vocabulary",
+        fields=("max_model_len", "runner_type", "skip_tokenizer_init", "get_vocab_size"),
+    ),
+    Seam(
+        "vllm.config:ParallelConfig",
+        "serving/engine.py",
+        "the layout the engine took, for the start timeline and the watchdog",
+        fields=("tensor_parallel_size", "pipeline_parallel_size"),
+    ),
     Seam("vllm.v1.engine.exceptions:EngineDeadError", ENGINE, "tells a dead engine from a failed request"),
     Seam(
         "vllm.config:CompilationMode",
