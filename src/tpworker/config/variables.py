@@ -208,7 +208,12 @@ class WorkerSettings(BaseModel):
 
     @property
     def tensor_parallel_auto(self) -> bool:
-        return self.tensor_parallel_size == "auto"
+        return self.requested_tensor_parallel_size is None
+
+    @property
+    def requested_tensor_parallel_size(self) -> int | None:
+        """TENSOR_PARALLEL_SIZE as a number, or None when the worker chooses (auto)."""
+        return None if self.tensor_parallel_size == "auto" else self.tensor_parallel_size
 
 
 def variable_name(field_name: str) -> str:

@@ -79,11 +79,10 @@ def plan_layout(settings: Settings, cluster: ClusterShape | None = None) -> Layo
     model = choose_model(settings, gpus)
     log.info("Model: %s", model.why)
     facts = model_facts(settings, model)
-    requested = settings.worker.tensor_parallel_size
     parallel = plan_parallelism(
         facts,
         len(gpus),
-        None if requested == "auto" else requested,
+        settings.worker.requested_tensor_parallel_size,
         settings.worker.pipeline_parallel_size,
         tp_variable=settings.source_of("tensor_parallel_size"),
         backend=settings.worker.distributed_executor_backend,
