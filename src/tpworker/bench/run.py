@@ -4,12 +4,9 @@ a time), progress while they run, then figures, ratios, targets and the reports.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import re
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Collection
@@ -18,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tpworker.bench import machine, report, results, targets
+from tpworker.bench.phase_process import PhaseProcess
 from tpworker.bench.workload import TAG_TOKENS, Workload, prompt_body
 
 if TYPE_CHECKING:
@@ -102,51 +100,6 @@ def make_body(engine_args: dict[str, Any], prompt_tokens: int) -> str:
         source, revision=revision, trust_remote_code=bool(engine_args.get("trust_remote_code"))
     )
     return prompt_body(tokenizer, max(1, prompt_tokens - TAG_TOKENS))
-
-
-class PhaseProcess:
-    """One phase child: started, followed through its events file, stopped with its whole group."""
-
-    def __init__(self, spec: dict[str, Any], folder: Path, env: dict[str, str]) -> None:
-        stem = f"tp{spec['tp']}-{spec['phase']}"
-        (folder / f"{stem}.json").write_text(json.dumps(spec, indent=1))
-        self.events_path = folder / f"{stem}.events.jsonl"
-        self.events_path.write_text("")
-        self.log_path = folder / f"{stem}.log"
-        spawned_at = time.time()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tpworker.bench.phase",
-                str(folder / f"{stem}.json"),
-                str(self.events_path),
-                "--spawned-at",
-                repr(spawned_at),
-            ],
-            env=env,
-            stdout=open(self.log_path, "w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self._read = 0
-
-    def new_events(self) -> list[dict[str, Any]]:
-        text = self.events_path.read_text()
-        complete = text[self._read :].rsplit("\n", 1)[0] if "\n" in text[self._read :] else ""
-        self._read += len(complete) + (1 if complete else 0)
-        return [json.loads(line) for line in complete.splitlines() if line.strip()]
-
-    def stop(self) -> None:
-        """The phase, its engine and any server it started (all in its process group)."""
-        for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):
-            if self.process.poll() is not None:
-                break
-            try:
-                os.killpg(self.process.pid, sig)
-                self.process.wait(wait)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
 
 
 def steps_of(routes: list[str], workload: Workload) -> int:
