@@ -48,7 +48,7 @@ LAYERS = {
     "startup": {"errors", "timeline", "config", "planning", "models", "serving", "vllm_bridge"},
 }
 # contract/ names vLLM's and runpod's internals as strings and imports them only to check them.
-ENTRY_POINTS = {"app", "local_run", "cli", "__main__", "dev", "cluster", "bench", "contract"}
+ENTRY_POINTS = {"app", "local_run", "cli", "__main__", "dev", "cluster", "bench", "contract", "lb"}
 
 
 def tree(path: Path) -> ast.Module:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from tpworker import timeline
 from tpworker.config.logs import configure_logging
-from tpworker.config.settings import SettingsError, load_settings, start_policy
+from tpworker.config.settings import SettingsError, http_ports, load_settings, start_policy
 from tpworker.errors import StartRefused, in_one_line
 from tpworker.serving.lifecycle import Lifecycle
 
@@ -136,6 +136,11 @@ def main(handler: Handler, handler_file: str) -> int:
     """Entry point of handler.py. Returns the process exit status."""
     configure_logging()  # before anything logs: secrets redacted from the first line
     lifecycle = Lifecycle()
+    ports = http_ports()
+    if ports is not None and not any(arg.startswith(("--test_input", "--rp_serve_api")) for arg in sys.argv[1:]):
+        from tpworker.lb.serve import serve_http
+
+        return serve_http(ports, lifecycle)  # a load-balancing endpoint: HTTP on PORT, bound before the start
     try:
         settings = load_settings()
         timeline.mark("settings read")

@@ -288,6 +288,47 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 @dataclass(frozen=True)
+class HttpPorts:
+    """HTTP mode (a load-balancing endpoint), read before the other settings are checked: the server binds
+    first, so that a refused start is answered over HTTP too. Unreadable numbers fall back to their
+    defaults here; the settings' own check then refuses the start, naming the variable."""
+
+    port: int
+    health_port: int
+    host: str
+    api_key: str | None
+    max_in_flight: int
+    timeout_s: float
+
+
+def http_ports(environ: Mapping[str, str] | None = None) -> HttpPorts | None:
+    """The HTTP mode's ports and limits when the worker serves HTTP (ENDPOINT_KIND, PORT, RunPod's queue
+    variables), else None."""
+    environ = os.environ if environ is None else environ
+    kind = environ.get("ENDPOINT_KIND", "auto").strip().lower() or "auto"
+    port = _number(environ.get("PORT"), int, None)
+    on_queue = bool(environ.get("RUNPOD_WEBHOOK_GET_JOB"))
+    if port is None or kind == "queue" or (kind == "auto" and on_queue):
+        return None
+    return HttpPorts(
+        port=port,
+        health_port=_number(environ.get("PORT_HEALTH"), int, port) or port,
+        host="0.0.0.0",  # RunPod's load balancer reaches the worker from outside the container
+        api_key=environ.get("API_KEY") or None,
+        max_in_flight=_number(environ.get("MAX_CONCURRENCY"), int, 30) or 30,
+        timeout_s=_number(environ.get("HTTP_REQUEST_TIMEOUT"), float, 300.0) or 300.0,
+    )
+
+
+def _number(text: str | None, kind: Callable[[str], Any], default: Any) -> Any:
+    try:
+        value = kind(text.strip()) if text and text.strip() else default
+    except ValueError:
+        return default
+    return value if value is None or value > 0 else default
+
+
+@dataclass(frozen=True)
 class StartPolicy:
     """What handler.py does when its start is refused, read even when the other settings are not valid."""
 

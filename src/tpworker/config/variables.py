@@ -161,6 +161,28 @@ class WorkerSettings(BaseModel):
         "with the cause and the fix (an exited worker is restarted into the same refusal, and every start is "
         "billed); exit ends it with status 2. Failures a restart may fix (network, a dying engine) always exit.",
     )
+    endpoint_kind: Literal["auto", "queue", "http"] = Field(
+        "auto",
+        description="Which RunPod endpoint the worker serves. queue: jobs through RunPod's job loop (/run, "
+        "/runsync, /stream). http: a load-balancing endpoint, requests straight to the worker on PORT (GET /ping "
+        "for health, vLLM's routes, POST /job for native jobs). auto: http when PORT is set and RunPod's queue "
+        "variables are not.",
+    )
+    port: int | None = Field(None, ge=1, le=65535, description="HTTP mode: the port the worker listens on.")
+    port_health: int | None = Field(
+        None, ge=1, le=65535, description="HTTP mode: the port GET /ping is answered on (default: PORT)."
+    )
+    api_key: str | None = Field(
+        None,
+        description="HTTP mode: every request but GET /ping must carry Authorization: Bearer <API_KEY> (for a "
+        "worker reachable by others, e.g. the same image on a Pod). Unset: no key asked.",
+    )
+    http_request_timeout: float = Field(
+        300,
+        gt=0,
+        description="HTTP mode: seconds one request may run before it is stopped with a 504 (RunPod's "
+        "load balancer answers 524 at about 330 s).",
+    )
     job_loop: Literal["worker", "sdk"] = Field(
         "worker",
         description="RunPod's job loop. worker: the SDK's loop with this worker's scaler (a taken job starts at "

@@ -299,6 +299,11 @@ class OpenAIServer:
         headers = {"authorization": f"Bearer {envs.VLLM_API_KEY}"} if envs.VLLM_API_KEY else {}
         return cls(app, limited, tasks, headers)
 
+    @property
+    def app(self) -> FastAPI:
+        """vLLM's application itself, for serving it over HTTP (the load-balancing mode, tpworker.lb)."""
+        return self._app
+
     async def call(self, route: str, body: dict[str, Any] | None, method: str = "POST") -> OpenAIReply:
         """Run one request on one of vLLM's routes. Every failure comes back as the route's error
         object with its status (an engine that died is raised, for the worker to report)."""
