@@ -150,7 +150,8 @@ def test_beyond_max_concurrency_the_worker_answers_429_with_retry_after(worker):
 @pytest.mark.engine
 def test_sigterm_stops_ping_finishes_what_runs_and_exits_0(worker):
     """Last: it stops the module's worker."""
-    job = {"prompt": "Count: 1, 2, 3,", "sampling_params": {"max_tokens": 120, "ignore_eos": True}, "stream": True}
+    # long enough to still run when /ping is asked, half a second after the SIGTERM, on a fast CPU
+    job = {"prompt": "Count: 1, 2, 3,", "sampling_params": {"max_tokens": 400, "ignore_eos": True}, "stream": True}
     events: list[str] = []
     with httpx.stream("POST", f"{worker.url}/job", json=job, headers=AUTH, timeout=120) as stream:
         lines = stream.iter_lines()
