@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 import threading
 from contextlib import contextmanager
@@ -95,6 +96,17 @@ def text_of(chunks: list[dict], choice: int = 0) -> str:
 
 def token_ids_of(chunks: list[dict], choice: int = 0) -> list[int]:
     return [entry["token_id"] for chunk in chunks for entry in chunk["choices"][choice]["logprobs"]]
+
+
+def run_handler(log: Path, environ: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`python handler.py` as RunPod starts it, in the repository, its output in `log`."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "handler.py")],
+        cwd=ROOT,
+        env=environ,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def free_port() -> int:

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ENGINE_ENV, ROOT, free_port
+from conftest import ENGINE_ENV, free_port, run_handler
 
 KEY = "lb-test-key"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -34,13 +33,7 @@ class HttpWorker:
         environ = {**os.environ, **ENGINE_ENV, "PORT": str(self.port), **env}
         environ.pop("RUNPOD_WEBHOOK_GET_JOB", None)
         self.log = log
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "handler.py")],
-            cwd=ROOT,
-            env=environ,
-            stdout=open(log, "w"),
-            stderr=subprocess.STDOUT,
-        )
+        self.process = run_handler(log, environ)
         self.pings: list[int] = []
 
     def ping(self) -> httpx.Response:

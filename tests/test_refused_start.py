@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ENGINE_ENV, ROOT, DevEndpoint, RunningWorker, free_port, tallied
+from conftest import ENGINE_ENV, ROOT, DevEndpoint, RunningWorker, free_port, run_handler, tallied
 from hubserver import FakeHub
 
 pytestmark = pytest.mark.slow
@@ -56,13 +56,7 @@ class Worker:
         environ = {**os.environ, **ENGINE_ENV, **worker_environment(dev.url), **env}
         environ.pop("HF_TOKEN", None)
         self.log = log
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "handler.py")],
-            cwd=ROOT,
-            env=environ,
-            stdout=open(log, "w"),
-            stderr=subprocess.STDOUT,
-        )
+        self.process = run_handler(log, environ)
 
     def exit_status(self, timeout: float) -> int | None:
         try:
